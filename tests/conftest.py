@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+import genfast
+
+HAS_EXT = genfast.BUILD_INFO is not None and genfast._backend.kernel_unavailable_reason("cpu") is None
+HAS_CUDA_EXT = HAS_EXT and genfast.BUILD_INFO["with_cuda"] and torch.cuda.is_available()
+
+requires_ext = pytest.mark.skipif(
+    not HAS_EXT, reason=f"genfast._C is not usable: {genfast._backend.kernel_unavailable_reason('cpu')}")
+
+
+def _cuda_skip_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device visible"
+    return genfast._backend.kernel_unavailable_reason("cuda")
+
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA_EXT, reason=f"CUDA kernels not tested: {_cuda_skip_reason()}")
+
+# The devices whose compiled kernels are tested against the reference.
+DEVICES = [pytest.param("cpu", marks=requires_ext), pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]

@@ -1,0 +1,304 @@
+"""masked_conv2d: kernels against the reference, masks against hand-written tables,
+receptive field, autograd, opcheck, torch.compile and bad input."""
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICES, requires_ext
+
+from genfast.ops import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
+
+
+def random_case(seed, device, dtype=torch.float64):
+    """A random layer: kernel, mask, colour groups, dilation, bias, batch and image."""
+    rng = random.Random(seed)
+    color_groups = rng.choice([1, 1, 3])
+    in_c = color_groups * rng.randint(1, 6)
+    out_c = color_groups * rng.randint(1, 7)
+    kh, kw = rng.choice([1, 3, 5, 7, 9, 11]), rng.choice([1, 3, 5, 7])
+    if rng.random() < 0.5:
+        kw = kh
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rng.randint(1, 3), in_c, rng.randint(1, 13), rng.randint(1, 37), generator=gen,
+                    dtype=dtype)
+    w = torch.randn(out_c, in_c, kh, kw, generator=gen, dtype=dtype)
+    b = torch.randn(out_c, generator=gen, dtype=dtype) if rng.random() < 0.7 else None
+    kwargs = dict(mask_type=rng.choice("AB"), color_groups=color_groups,
+                  dilation=(rng.randint(1, 3), rng.randint(1, 3)))
+    move = lambda t: None if t is None else t.to(device).requires_grad_()
+    return move(x), move(w), move(b), kwargs
+
+
+def grads(out, tensors, seed):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype).to(out.device)
+    live = [t for t in tensors if t is not None]
+    return torch.autograd.grad(out, live, g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(24))
+def test_matches_reference_float64(device, seed):
+    x, w, b, kwargs = random_case(seed, device)
+    out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+    ref = masked_conv2d_reference(x, w, b, **kwargs)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads(out, (x, w, b), seed), grads(ref, (x, w, b), seed)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_reference_float32(device, seed):
+    # float32 takes the vectorised paths (AVX-512 on the CPU where available).
+    x, w, b, kwargs = random_case(100 + seed, device, torch.float32)
+    out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+    ref = masked_conv2d_reference(x, w, b, **kwargs)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads(out, (x, w, b), seed), grads(ref, (x, w, b), seed)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_sized_layers(device):
+    # Sizes of real models: channels not multiples of the tile sizes, 7x7 'A' and 3x3 'B'.
+    gen = torch.Generator().manual_seed(7)
+    for kernel, mask_type, cin, cout in [(7, "A", 3, 66), (3, "B", 66, 129)]:
+        x = torch.randn(3, cin, 19, 23, generator=gen).to(device).requires_grad_()
+        w = (0.1 * torch.randn(cout, cin, kernel, kernel, generator=gen)).to(device).requires_grad_()
+        b = torch.randn(cout, generator=gen).to(device).requires_grad_()
+        cg = 3 if cin % 3 == 0 and cout % 3 == 0 else 1
+        kwargs = dict(mask_type=mask_type, color_groups=cg)
+        out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+        ref = masked_conv2d_reference(x, w, b, **kwargs)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        for got, want in zip(grads(out, (x, w, b), 1), grads(ref, (x, w, b), 1)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_live_taps(device, dtype):
+    # 1x1 mask 'A' with one colour group sees nothing: the output is the bias.
+    x = torch.randn(2, 3, 4, 5, dtype=dtype, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 1, 1, dtype=dtype, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=dtype, device=device, requires_grad=True)
+    out = masked_conv2d(x, w, b, mask_type="A", impl="ext")
+    torch.testing.assert_close(out, b.view(1, 4, 1, 1).expand(2, 4, 4, 5))
+    gx, gw, gb = torch.autograd.grad(out.square().sum(), (x, w, b))
+    assert (gx == 0).all() and (gw == 0).all()
+    torch.testing.assert_close(gb, 2 * 40 * b)  # 2 * b per pixel, 2 * 4 * 5 pixels
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_output_is_written(device):
+    # Deterministic mode fills every uninitialised allocation with NaN: an output
+    # element the kernels forget to write shows up as NaN.
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        for seed in range(6):
+            x, w, b, kwargs = random_case(200 + seed, device, torch.float32)
+            out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+            gi, gw, *_ = grads(out, (x, w, b), seed)
+            for t in (out, gi, gw):
+                assert torch.isfinite(t).all()
+            torch.testing.assert_close(out, masked_conv2d_reference(x, w, b, **kwargs), rtol=1e-4, atol=1e-4)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_cuda(device, dtype):
+    if device == "cpu":
+        pytest.skip("the CPU kernel is float32/float64 only; half precision runs the reference there")
+    x, w, b, kwargs = random_case(300, device, torch.float32)
+    out = masked_conv2d(x.to(dtype), w.to(dtype), b.to(dtype) if b is not None else None, impl="ext", **kwargs)
+    # float32 accumulation: compare with the float32 reference on the same rounded inputs.
+    ref = masked_conv2d_reference(x.to(dtype).float(), w.to(dtype).float(),
+                                  b.to(dtype).float() if b is not None else None, **kwargs)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@requires_ext
+@pytest.mark.parametrize("seed", range(4))
+def test_gradcheck(seed):
+    x, w, b, kwargs = random_case(400 + seed, "cpu")
+    x, w = x[:1, :, :5, :6].detach().requires_grad_(), w.detach().requires_grad_()
+    fn = lambda x, w, b: masked_conv2d(x, w, b, impl="ext", **kwargs)
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@requires_ext
+@pytest.mark.parametrize("seed", range(3))
+def test_opcheck(seed):
+    x, w, b, kwargs = random_case(500 + seed, "cpu")
+    dilation = list(kwargs["dilation"])
+    op_args = (kwargs["mask_type"], kwargs["color_groups"])
+    torch.library.opcheck(torch.ops.genfast.masked_conv2d.default, (x, w, b, dilation, *op_args))
+    gy = torch.randn(x.shape[0], w.shape[0], *x.shape[2:], dtype=x.dtype)
+    torch.library.opcheck(torch.ops.genfast.masked_conv2d_grad_input.default,
+                          (gy, w.detach(), dilation, *op_args))
+    torch.library.opcheck(torch.ops.genfast.masked_conv2d_grad_weight.default,
+                          (gy, x.detach(), list(w.shape[2:]), dilation, *op_args))
+
+
+@requires_ext
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    x, w, b, kwargs = random_case(600, "cpu", torch.float32)
+
+    @torch.compile(fullgraph=True)
+    def layer(x, w, b):
+        return torch.relu(masked_conv2d(x, w, b, impl="ext", **kwargs)).square().sum()
+
+    eager = torch.relu(masked_conv2d_reference(x, w, b, **kwargs)).square().sum()
+    compiled = layer(x, w, b)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-3)
+    for got, want in zip(torch.autograd.grad(compiled, (x, w, b)), torch.autograd.grad(eager, (x, w, b))):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+# Hand-written centre rows of 3x3 masks (row 0 is always all live, row 2 all dead).
+# With 3 colour groups and one channel per group, entry [o][c] of the centre tap.
+CENTER_TABLES = {
+    ("A", 1): [[1, 0, 0]],
+    ("B", 1): [[1, 1, 0]],
+}
+COLOR_CENTER = {"A": [[0, 0, 0], [1, 0, 0], [1, 1, 0]], "B": [[1, 0, 0], [1, 1, 0], [1, 1, 1]]}
+
+
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+def test_mask_tables_one_group(mask_type):
+    mask = masked_conv2d_mask(1, 1, 3, mask_type)
+    expected = torch.tensor([[1, 1, 1], CENTER_TABLES[(mask_type, 1)][0], [0, 0, 0]], dtype=torch.float32)
+    assert torch.equal(mask[0, 0], expected)
+    # 5x3 rectangular: two full rows above, one live tap left of the centre.
+    rect = masked_conv2d_mask(1, 1, (5, 3), mask_type)[0, 0]
+    expected = torch.tensor([[1, 1, 1], [1, 1, 1], [1, float(mask_type == "B"), 0], [0, 0, 0], [0, 0, 0]])
+    assert torch.equal(rect, expected)
+
+
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+def test_mask_tables_color_groups(mask_type):
+    mask = masked_conv2d_mask(3, 3, 3, mask_type, color_groups=3)
+    assert torch.equal(mask[:, :, 1, 1], torch.tensor(COLOR_CENTER[mask_type], dtype=torch.float32))
+    assert torch.equal(mask[:, :, 0, :], torch.ones(3, 3, 3))
+    assert torch.equal(mask[:, :, 1, 0], torch.ones(3, 3))
+    assert torch.equal(mask[:, :, 1, 2], torch.zeros(3, 3))
+    assert torch.equal(mask[:, :, 2, :], torch.zeros(3, 3, 3))
+    # Two channels per group: the table is repeated in 2x2 blocks.
+    wide = masked_conv2d_mask(6, 6, 3, mask_type, color_groups=3)[:, :, 1, 1]
+    table = torch.tensor(COLOR_CENTER[mask_type], dtype=torch.float32)
+    assert torch.equal(wide, table.repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_type,color_groups", [("A", 1), ("B", 1), ("A", 3), ("B", 3)])
+def test_kernel_mask_equals_table(device, mask_type, color_groups):
+    # The weight gradient of the kernel is exactly zero where the mask is, and only there.
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 6, 9, 8, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(9, 6, 5, 5, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, impl="ext")
+    (grad,) = torch.autograd.grad(out.square().sum(), w)
+    expected = masked_conv2d_mask(9, 6, 5, mask_type, color_groups, dtype=torch.float64, device=device)
+    assert torch.equal((grad != 0).to(torch.float64), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_type,color_groups", [("A", 1), ("B", 1), ("A", 3), ("B", 3)])
+def test_receptive_field(device, mask_type, color_groups):
+    # d out[:, :, i, j] / d input vanishes at every later raster position, and at
+    # (i, j) itself wherever the centre tap is masked.
+    gen = torch.Generator().manual_seed(3)
+    h, w_ = 7, 6
+    x = torch.randn(1, 3, h, w_, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(3, 3, 5, 3, generator=gen, dtype=torch.float64).to(device)
+    out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, dilation=(1, 2), impl="ext")
+    for i, j in [(0, 0), (3, 2), (6, 5), (2, 0)]:
+        for o in range(3):
+            (g,) = torch.autograd.grad(out[0, o, i, j], x, retain_graph=True)
+            g = g[0].cpu()
+            raster = torch.arange(h * w_).view(h, w_)
+            assert (g[:, raster > i * w_ + j] == 0).all()
+            center = g[:, i, j]
+            if color_groups == 1:
+                allowed = torch.full((3,), mask_type == "B")
+            else:
+                allowed = torch.arange(3) < o if mask_type == "A" else torch.arange(3) <= o
+            assert (center[~allowed] == 0).all()
+
+
+@requires_ext
+def test_non_contiguous_input():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 9, 11, 4, generator=gen).permute(0, 3, 1, 2)  # (2, 4, 9, 11), strided
+    w = torch.randn(6, 4, 3, 3, generator=gen).transpose(2, 3)
+    assert not x.is_contiguous() and not w.is_contiguous()
+    torch.testing.assert_close(masked_conv2d(x, w, impl="ext"), masked_conv2d_reference(x, w))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(masked_conv2d(cl, w, impl="ext"), masked_conv2d_reference(x, w))
+
+
+def _ok_args():
+    return torch.randn(2, 3, 8, 8), torch.randn(6, 3, 3, 3)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("ext", marks=requires_ext)])
+@pytest.mark.parametrize("make,error,match", [
+    (lambda x, w: (x[0], w, {}), ValueError, "input must be 4-D"),
+    (lambda x, w: (x, w[0], {}), ValueError, "weight must be 4-D"),
+    (lambda x, w: (x, w.double(), {}), TypeError, "dtype"),
+    (lambda x, w: (x.long(), w.long(), {}), TypeError, "floating point"),
+    (lambda x, w: (x, w.to("meta"), {}), ValueError, "on meta but input is on cpu"),
+    (lambda x, w: (x, torch.randn(6, 3, 4, 3), {}), ValueError, "kernel_size must be odd"),
+    (lambda x, w: (x, torch.randn(6, 3, 13, 13), {}), ValueError, "kernel_size must be odd"),
+    (lambda x, w: (x, w, {"color_groups": 2}), ValueError, "color_groups"),
+    (lambda x, w: (x, w, {"mask_type": "C"}), ValueError, "mask_type"),
+    (lambda x, w: (x[:0], w, {}), ValueError, "must not be empty"),
+    (lambda x, w: (x, torch.randn(6, 4, 3, 3), {}), ValueError, "channels"),
+    (lambda x, w: (x, w, {"bias": torch.randn(5)}), ValueError, "bias"),
+    (lambda x, w: (x, w, {"dilation": 0}), ValueError, "dilation"),
+    (lambda x, w: (x, w, {"dilation": (1, 2, 3)}), TypeError, "dilation"),
+])
+def test_bad_input(impl, make, error, match):
+    x, w, kwargs = make(*_ok_args())
+    with pytest.raises(error, match=match):
+        masked_conv2d(x, w, impl=impl, **kwargs)
+
+
+@requires_ext
+def test_bad_input_reaching_the_kernel():
+    # Direct op calls (as from C++) are checked in the kernel too.
+    x, w = _ok_args()
+    with pytest.raises(RuntimeError, match="mask_type must be 'A' or 'B'"):
+        torch.ops.genfast.masked_conv2d(x, w, None, [1, 1], "Z", 1)
+    with pytest.raises(RuntimeError, match="kernel_size must be odd"):
+        torch.ops.genfast.masked_conv2d(x, torch.randn(6, 3, 2, 2), None, [1, 1], "A", 1)
+    with pytest.raises(RuntimeError, match="input has 4 channels"):
+        torch.ops.genfast.masked_conv2d(torch.randn(1, 4, 5, 5), w, None, [1, 1], "A", 1)
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        torch.ops.genfast.masked_conv2d(x.half(), w.half(), None, [1, 1], "A", 1)
+    with pytest.raises(RuntimeError, match="grad_output"):
+        torch.ops.genfast.masked_conv2d_grad_weight(torch.randn(2, 6, 7, 8), x, [3, 3], [1, 1], "A", 1)
+
+
+@requires_ext
+def test_huge_sizes_rejected():
+    # 1000 channels x 300 x 300 pixels x 25 taps overflows 32-bit indexing; an
+    # expanded view costs no memory, and the check comes before any allocation.
+    x = torch.zeros(1, 1, 1, 1).expand(1, 1000, 300, 300)
+    w = torch.zeros(1, 1000, 7, 7)
+    with pytest.raises(RuntimeError, match="too large for 32-bit indexing"):
+        masked_conv2d(x, w, impl="ext")
+
+
+def test_reference_is_masked_conv2d():
+    # The reference is F.conv2d with the masked weight and 'same' padding.
+    x, w = _ok_args()
+    mask = masked_conv2d_mask(6, 3, 3, "A")
+    torch.testing.assert_close(masked_conv2d(x, w, mask_type="A", impl="reference"),
+                               F.conv2d(x, w * mask, padding=1))
