@@ -1,9 +1,19 @@
-"""The genfast command line: `genfast info` (or `python -m genfast info`)."""
+"""The genfast command line (`genfast ...` or `python -m genfast ...`).
+
+Each feature adds its commands from its own module, listed in COMMAND_MODULES: the
+module's `add_commands(commands, train, sample)` receives the top-level subparsers
+and those of `genfast train` and `genfast sample`, and sets `func` on each parser it
+adds (func(args) -> exit code).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+
+# Modules that add commands; each defines add_commands(commands, train, sample).
+COMMAND_MODULES: list[str] = []
 
 
 def _info(args) -> int:
@@ -27,17 +37,25 @@ def _info(args) -> int:
     print("what impl='auto' runs:")
     for op, per_device in info["ops"].items():
         for device, choice in per_device.items():
-            print(f"  {op:<16} {device:<5} {choice}")
+            print(f"  {op:<24} {device:<5} {choice}")
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="genfast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="what is compiled and what each op runs on each device")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genfast", description="genfast: fast kernels for generative models")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="what is compiled and what each op runs on each device")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_info)
-    args = parser.parse_args(argv)
+    train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
+    sample = commands.add_parser("sample", help="sample from a trained model").add_subparsers(dest="model", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(commands, train, sample)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
