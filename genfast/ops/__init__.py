@@ -8,3 +8,10 @@ from genfast.ops.masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_
 OPS = ("masked_conv2d",)
 
 __all__ = ["OPS", "masked_conv2d", "masked_conv2d_mask", "masked_conv2d_reference"]
+
+# Vector quantisation.
+from genfast.ops.code_statistics import code_statistics, code_statistics_reference
+from genfast.ops.nearest_code import nearest_code, nearest_code_reference
+
+OPS += ("nearest_code", "code_statistics")
+__all__ += ["code_statistics", "code_statistics_reference", "nearest_code", "nearest_code_reference"]
