@@ -308,9 +308,12 @@ class VectorQuantizer(nn.Module):
         local_counts = counts
         counts = counts.to(self.cluster_size.dtype)
         if self._world() > 1:
-            stats = torch.cat([counts, sums.to(counts.dtype).flatten()]) if self.ema else counts
-            dist.all_reduce(stats, group=self.process_group)
-            counts, sums = stats[:k], stats[k:].view(k, self.dim)
+            if self.ema:
+                stats = torch.cat([counts, sums.to(counts.dtype).flatten()])
+                dist.all_reduce(stats, group=self.process_group)
+                counts, sums = stats[:k], stats[k:].view(k, self.dim)
+            else:
+                dist.all_reduce(counts, group=self.process_group)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema:
             self.embed_avg.mul_(self.decay).add_(sums.to(self.embed_avg.dtype), alpha=1 - self.decay)
