@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, requires_ext
+from conftest import DEVICES, requires_cuda, requires_ext
 
 from genfast.ops import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
 
@@ -108,11 +108,12 @@ def test_every_output_is_written(device):
         torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_cuda(device, dtype):
-    if device == "cpu":
-        pytest.skip("the CPU kernel is float32/float64 only; half precision runs the reference there")
+def test_half_precision_cuda(dtype):
+    # The CPU kernel is float32/float64 only (half precision runs the reference there).
+    device = "cuda"
     x, w, b, kwargs = random_case(300, device, torch.float32)
     out = masked_conv2d(x.to(dtype), w.to(dtype), b.to(dtype) if b is not None else None, impl="ext", **kwargs)
     # float32 accumulation: compare with the float32 reference on the same rounded inputs.
