@@ -63,27 +63,30 @@ def _extension_build():
                                          extra_link_args=["-fopenmp"])
 
     class BuildExt(cpp_extension.BuildExtension):
-        """A failed CUDA build falls back to the CPU kernels, a failed CPU build to the
-        reference ops, unless the build was forced (CI must fail loudly)."""
+        """A failed CUDA build falls back to the CPU kernels, a failed CPU build (or no
+        compiler at all) to the reference ops, unless the build was forced or strict
+        (CI must fail loudly)."""
 
-        def build_extension(self, extension):
-            nonlocal with_cuda
+        def build_extensions(self):
             try:
-                super().build_extension(extension)
+                super().build_extensions()
+                return
             except Exception as exc:  # compiler missing or a compile error
                 if force_cuda or os.environ.get("GENFAST_STRICT_BUILD") == "1":
                     raise
-                if not with_cuda:
-                    _warn(f"building genfast._C failed ({exc}); genfast will use its reference "
-                          "implementations")
-                    self.extensions.remove(extension)  # nothing to install or copy
+                failure = exc
+            if with_cuda:
+                _warn(f"building the CUDA kernels failed ({failure}); retrying with CPU kernels only")
+                ext.sources = cpu_sources
+                ext.define_macros = []
+                ext.extra_compile_args = {"cxx": cxx_flags}
+                try:
+                    super().build_extensions()
                     return
-                _warn(f"building the CUDA kernels failed ({exc}); retrying with CPU kernels only")
-                extension.sources = cpu_sources
-                extension.define_macros = []
-                extension.extra_compile_args = {"cxx": cxx_flags}
-                with_cuda = False
-                self.build_extension(extension)
+                except Exception as exc:
+                    failure = exc
+            _warn(f"building genfast._C failed ({failure}); genfast will use its reference implementations")
+            self.extensions = []  # nothing to install or copy
 
     return [ext], {"build_ext": BuildExt.with_options(use_ninja=True)}
 

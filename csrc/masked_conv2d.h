@@ -2,9 +2,8 @@
 // live taps, argument checks and the packing of the live weights into a matrix.
 #pragma once
 
-#include <string>
-
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include "common.h"
 

@@ -9,6 +9,7 @@ makes "auto" behave as "ext").
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
@@ -20,10 +21,12 @@ _REBUILD = "rebuild with `pip install --no-build-isolation -e .`"
 
 def _load_extension():
     """Returns (module or None, build info or None, why it is unusable or None)."""
+    if importlib.util.find_spec("genfast._C") is None:
+        return None, None, f"genfast._C is not built; {_REBUILD}"
     try:
         from genfast import _C
-    except ImportError as exc:
-        return None, None, f"genfast._C is not built or failed to load ({exc}); {_REBUILD}"
+    except ImportError as exc:  # e.g. undefined symbols: built against another torch
+        return None, None, f"genfast._C failed to load ({exc}); {_REBUILD}"
     info = _C.build_info()
     running = torch.__version__.split("+")[0]
     if info["torch_version"] != running:

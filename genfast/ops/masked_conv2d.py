@@ -73,8 +73,9 @@ def masked_conv2d_mask(out_channels: int, in_channels: int, kernel_size, mask_ty
                        device=None) -> torch.Tensor:
     """The 0/1 mask, shaped like the weight (out_channels, in_channels, kH, kW)."""
     kh, kw = check_mask_args(in_channels, out_channels, kernel_size, mask_type, color_groups)
+    # copy=True: callers may modify the result; the cached tensor must stay intact.
     return _cpu_mask(out_channels, in_channels, kh, kw, mask_type, color_groups).to(
-        device=device, dtype=dtype)
+        device=device, dtype=dtype, copy=True)
 
 
 def _check_args(input, weight, bias, mask_type, color_groups) -> None:

@@ -1,0 +1,45 @@
+"""Shared fixtures of the benchmark suite (run it with `python benchmarks/run.py`).
+
+Conventions: one file per op or model, benchmarks/test_bench_<name>.py; each case
+sets benchmark.group (the case), benchmark.extra_info["impl"] ("genfast" or the
+peer's name) and benchmark.extra_info["baseline"] = True on the peer that ratios
+are taken against.
+"""
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=["cpu", "cuda"], help="device to benchmark on")
+    parser.addoption("--quick", action="store_true", help="fewer, smaller cases (GPU check script)")
+
+
+@pytest.fixture
+def bench_device(request) -> str:
+    device = request.config.getoption("--device")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible")
+    return device
+
+
+@pytest.fixture
+def quick(request) -> bool:
+    return request.config.getoption("--quick")
+
+
+def synced(fn, device: str):
+    """fn, followed by a device synchronisation so that CUDA work is timed in full."""
+    if device != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+
+    return run
+
+
+def record(benchmark, group: str, impl: str, baseline: bool = False) -> None:
+    benchmark.group = group
+    benchmark.extra_info["impl"] = impl
+    benchmark.extra_info["baseline"] = baseline
