@@ -14,6 +14,7 @@ import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
 COMMAND_MODULES: list[str] = []
+COMMAND_MODULES.append("genfast.cli_gan")
 
 
 def _info(args) -> int:
