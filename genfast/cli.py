@@ -13,8 +13,7 @@ import json
 import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
-COMMAND_MODULES: list[str] = []
-COMMAND_MODULES.append("genfast.cli_gan")
+COMMAND_MODULES: list[str] = ["genfast.cli_models", "genfast.cli_gan"]
 
 
 def _info(args) -> int:
