@@ -19,4 +19,10 @@ TORCH_LIBRARY(genfast, m) {
         "-> (Tensor, Tensor)");
   m.def("gradient_penalty_backward(Tensor grad_penalty, Tensor? grad_norms, Tensor grad, "
         "Tensor norms, float weight, float center, bool one_sided) -> Tensor");
+  // Nearest code of each row of x (N, D) in a codebook (K, D): (indices int64 (N),
+  // squared distances (N), float32, or float64 for float64 inputs); see nearest_code.h.
+  m.def("nearest_code(Tensor x, Tensor codebook, bool cosine) -> (Tensor, Tensor)");
+  // Per-code counts (K) int64 and sums (K, D) of the rows of x (N, D) assigned to each
+  // code by indices (N), for EMA codebook updates; see code_statistics.h.
+  m.def("code_statistics(Tensor x, Tensor indices, int num_codes) -> (Tensor, Tensor)");
 }
