@@ -35,9 +35,10 @@ def _info(args) -> int:
         print(f"problem: {info['extension_problem']}")
     print(f"GENFAST_IMPL: {info['forced_impl']}; CUDA device visible: {info['cuda_available']}")
     print("what impl='auto' runs:")
+    width = max(map(len, info["ops"]))
     for op, per_device in info["ops"].items():
         for device, choice in per_device.items():
-            print(f"  {op:<24} {device:<5} {choice}")
+            print(f"  {op:<{width}} {device:<5} {choice}")
     return 0
 
 
