@@ -13,7 +13,7 @@ import json
 import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
-COMMAND_MODULES: list[str] = ["genfast.cli_models"]
+COMMAND_MODULES: list[str] = ["genfast.cli_models", "genfast.cli_gan", "genfast.cli_vq"]
 
 
 def _info(args) -> int:

@@ -176,28 +176,44 @@ void live_tap_gemm_transposed(const float* g, int64_t m, const float* src, int64
   const int64_t k = c * taps.count, plane = h * w;
   const int64_t panels = (m + kMr - 1) / kMr;
   const int64_t strips = (k + kNr - 1) / kNr;
+  if (strips == 0) return;  // no live tap: an empty result
+  // Few strips (a first layer of 1-3 channels) would leave threads idle: split the
+  // samples into chunks too, each summing into its own partial result, and add the
+  // partials in a fixed order afterwards.
+  const int64_t chunks =
+      std::clamp<int64_t>((2 * at::get_num_threads() + strips - 1) / strips, 1, n);
+  std::vector<float> partial((chunks - 1) * m * k);
   std::vector<std::vector<float>> packed_g(n);
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) packed_g[s] = pack_panels(g + s * m * plane, m, plane);
   });
-  at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, strips * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> strip(plane * kNr);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t k0 = job * kNr;
+      const int64_t k0 = (job % strips) * kNr, chunk = job / strips;
       const int cols = static_cast<int>(std::min<int64_t>(kNr, k - k0));
-      for (int64_t s = 0; s < n; ++s) {
+      float* dst = chunk == 0 ? out : partial.data() + (chunk - 1) * m * k;
+      const int64_t first = chunk * n / chunks, last = (chunk + 1) * n / chunks;
+      for (int64_t s = first; s < last; ++s) {
         gather_strip_transposed(src + s * c * plane, c, h, w, taps, k0, strip.data());
         for (int64_t p0 = 0; p0 < plane; p0 += kKc) {
           const int64_t pc = std::min(kKc, plane - p0);
           for (int64_t i = 0; i < panels; ++i) {
             const int rows = static_cast<int>(std::min<int64_t>(kMr, m - i * kMr));
             micro_kernel(packed_g[s].data() + (i * plane + p0) * kMr, strip.data() + p0 * kNr,
-                         pc, out + i * kMr * k + k0, k, rows, cols, nullptr, s > 0 || p0 > 0);
+                         pc, dst + i * kMr * k + k0, k, rows, cols, nullptr,
+                         s > first || p0 > 0);
           }
         }
       }
     }
   });
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    const float* part = partial.data() + (chunk - 1) * m * k;
+    at::parallel_for(0, m * k, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) out[e] += part[e];
+    });
+  }
 }
 
 }  // namespace cpu

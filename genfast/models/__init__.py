@@ -1,9 +1,10 @@
-"""Autoregressive image models built from genfast's layers: PixelCNN and Gated PixelCNN.
+"""Generative models built from genfast's layers: PixelCNN and Gated PixelCNN
+(autoregressive image models), VQ-VAE and VQ-VAE-2.
 
-Both take integer images (N, channels, H, W) in [0, levels): model(x) gives logits
-(N, levels, channels, H, W), model.loss(x) the mean NLL in nats, model.sample(n, ...)
-images (naive sampling; see AutoregressiveImageModel.sample for its exact use of the
-generator). Checkpoints of genfast.train rebuild with load_model.
+The autoregressive models take integer images (N, channels, H, W) in [0, levels):
+model(x) gives logits (N, levels, channels, H, W), model.loss(x) the mean NLL in nats,
+model.sample(n, ...) images (naive sampling; see AutoregressiveImageModel.sample for its
+exact use of the generator). Checkpoints of genfast.train rebuild with load_model.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from genfast.models.base import AutoregressiveImageModel, nll
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
 from genfast.models.pixelcnn import PixelCNN
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
+from genfast.models.vqvae import VQVAE, VQVAE2
 
-# CLI names of the models.
+# CLI names of the autoregressive models.
 MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
 
 
@@ -36,5 +38,6 @@ def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
     return model.eval()
 
 
-__all__ = ["AutoregressiveImageModel", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN",
-           "build_model", "inverse_cdf", "load_model", "model_name", "nll", "sampling_uniforms"]
+__all__ = ["AutoregressiveImageModel", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "VQVAE",
+           "VQVAE2", "build_model", "inverse_cdf", "load_model", "model_name", "nll",
+           "sampling_uniforms"]

@@ -2,3 +2,8 @@
 from genfast.nn.masked_conv import MaskedConv2d
 
 __all__ = ["MaskedConv2d"]
+
+# Vector quantisation.
+from genfast.nn.vector_quantizer import VectorQuantizer, VQOutput
+
+__all__ += ["VectorQuantizer", "VQOutput"]

@@ -1,0 +1,106 @@
+// code_statistics on CUDA, deterministic: counts by integer atomics (exact in any
+// order), a stable sort of the rows by code, then one block per code summing its
+// rows in their original order in float64, threads across the features.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+
+#include "../code_statistics.h"
+
+namespace genfast {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int64_t kMaxBlocks = 65535 * 16;
+constexpr unsigned long long kNoBadIndex = std::numeric_limits<unsigned long long>::max();
+
+unsigned blocks_for(int64_t work, int64_t per_block) {
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((work + per_block - 1) / per_block, kMaxBlocks)));
+}
+
+// counts[k] += 1 for each index; the lowest position of an out-of-range index.
+__global__ void count_kernel(const int64_t* __restrict__ indices, int64_t n, int64_t num_codes,
+                             unsigned long long* __restrict__ counts,
+                             unsigned long long* __restrict__ first_bad) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = indices[i];
+    if (k < 0 || k >= num_codes) {
+      atomicMin(first_bad, static_cast<unsigned long long>(i));
+    } else {
+      atomicAdd(counts + k, 1ull);
+    }
+  }
+}
+
+// sums[k] = sum of x[order[j]] for j in [end[k] - counts[k], end[k]), in order.
+template <typename scalar_t, typename sum_t>
+__global__ void segment_sum_kernel(const scalar_t* __restrict__ x, int64_t dim,
+                                   const int64_t* __restrict__ order,
+                                   const int64_t* __restrict__ counts,
+                                   const int64_t* __restrict__ ends, int64_t num_codes,
+                                   sum_t* __restrict__ sums) {
+  for (int64_t k = blockIdx.x; k < num_codes; k += gridDim.x) {
+    const int64_t end = ends[k], begin = end - counts[k];
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+      double acc = 0.0;
+      for (int64_t j = begin; j < end; ++j) acc += static_cast<double>(x[order[j] * dim + d]);
+      sums[k * dim + d] = static_cast<sum_t>(acc);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> code_statistics_cuda(const at::Tensor& x_in,
+                                                        const at::Tensor& indices_in,
+                                                        int64_t num_codes) {
+  check_code_statistics(x_in, indices_in, num_codes);
+  TORCH_CHECK(x_in.is_cuda(), "code_statistics: x must be a CUDA tensor, got ", x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous();
+  const auto indices = indices_in.contiguous();
+  const int64_t n = x.size(0), dim = x.size(1);
+  auto counts = at::zeros({num_codes}, indices.options());
+  auto sums = at::empty({num_codes, dim}, x.options().dtype(code_statistics_sum_dtype(x)));
+  auto first_bad = at::full({1}, static_cast<int64_t>(-1), indices.options());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  if (n > 0) {
+    count_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(
+        indices.const_data_ptr<int64_t>(), n, num_codes,
+        reinterpret_cast<unsigned long long*>(counts.mutable_data_ptr<int64_t>()),
+        reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const auto bad = static_cast<unsigned long long>(first_bad.item<int64_t>());  // synchronises
+  if (bad != kNoBadIndex) {
+    const int64_t value = indices[static_cast<int64_t>(bad)].item<int64_t>();
+    TORCH_CHECK(false, "code_statistics: indices must be in [0, ", num_codes, "), got ", value,
+                " at position ", bad);
+  }
+  if (dim == 0) return {counts, sums};
+  const auto order = std::get<1>(at::sort(indices, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  const auto ends = at::cumsum(counts, 0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "code_statistics_cuda", [&] {
+    using sum_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    segment_sum_kernel<scalar_t, sum_t><<<blocks_for(num_codes, 1), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), dim, order.const_data_ptr<int64_t>(),
+        counts.const_data_ptr<int64_t>(), ends.const_data_ptr<int64_t>(), num_codes,
+        sums.mutable_data_ptr<sum_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {counts, sums};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genfast, CUDA, m) { m.impl("code_statistics", &code_statistics_cuda); }
+
+}  // namespace genfast
