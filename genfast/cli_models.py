@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -81,6 +82,17 @@ def add_commands(commands, train, sample) -> None:
     d.set_defaults(func=_demo)
 
 
+def _user_errors(command):
+    """Bad arguments or data end the command with their message, not a traceback."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        try:
+            return command(args)
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+    return run
+
+
 def _device(name: str | None) -> torch.device:
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -109,6 +121,7 @@ def backend_line(device: torch.device) -> str:
     return f"masked layers on {device.type}: {_backend.describe('masked_conv2d', device.type)}"
 
 
+@_user_errors
 def _train(args) -> int:
     import torch.distributed as dist
 
@@ -153,6 +166,7 @@ def _train(args) -> int:
     return 0
 
 
+@_user_errors
 def _sample(args) -> int:
     from genfast.data import save_grid
     from genfast.models import load_model
@@ -175,6 +189,7 @@ def _sample(args) -> int:
     return 0
 
 
+@_user_errors
 def _demo(args) -> int:
     from genfast.data import load_digits, save_grid
     from genfast.models import GatedPixelCNN

@@ -48,6 +48,8 @@ def quantize(values: torch.Tensor, levels: int) -> torch.Tensor:
 
 def resize(values: torch.Tensor, size: int) -> torch.Tensor:
     """Float images (N, C, H, W) -> (N, C, size, size), bilinear (antialiased when shrinking)."""
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"the image size must be a positive int, got {size!r}")
     if values.shape[-2:] == (size, size):
         return values
     return F.interpolate(values, size=(size, size), mode="bilinear", align_corners=False,
@@ -120,6 +122,8 @@ def load_image_folder(path: str, size: int, levels: int, channels: int = 1) -> I
 
     if channels not in (1, 3):
         raise ValueError(f"load_image_folder: channels must be 1 or 3, got {channels!r}")
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"the image size must be a positive int, got {size!r}")
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     entries = [(os.path.join(path, c), i) for i, c in enumerate(classes)] or [(path, None)]
     images, labels = [], []

@@ -126,7 +126,8 @@ def train(model: AutoregressiveImageModel, train_data: ImageData, *, steps: int,
     validation) and at the end, by rank 0; with resume, an existing checkpoint is loaded
     and training continues from its step (same seed and batch size required).
     amp: mixed precision (bfloat16 where supported, else float16 with loss scaling) on
-    CUDA; ignored on the CPU. device: default the model's.
+    CUDA; ignored on the CPU. device: default the model's. The learning-rate schedule
+    spans `steps`: resuming with another `steps` continues on the new schedule.
     """
     _check_positive("steps", steps)
     _check_positive("batch_size", batch_size)
@@ -142,11 +143,10 @@ def train(model: AutoregressiveImageModel, train_data: ImageData, *, steps: int,
     if len(train_data) < batch_size:
         raise ValueError(f"train: batch_size ({batch_size}) exceeds the {len(train_data)} "
                          f"training examples")
-    model.check_images(train_data.images, "train_data.images")
-    n_first = min(len(train_data), batch_size)
-    model.check_conditioning(n_first, *train_data.images.shape[2:],
-                             None if train_data.labels is None else train_data.labels[:n_first],
-                             None if train_data.cond is None else train_data.cond[:n_first])
+    for data in (train_data, val_data):
+        if data is not None:
+            model.check_images(data.images, "data images")
+            model.check_conditioning(len(data), *data.images.shape[2:], data.labels, data.cond)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
     amp_dtype = _amp_dtype(device, amp)
@@ -197,10 +197,13 @@ def train(model: AutoregressiveImageModel, train_data: ImageData, *, steps: int,
         done = step + 1
         if done % val_every == 0 or done == steps:
             val = None if val_data is None else evaluate(model, val_data, device=device, amp=amp)
-            history.append({"step": done, "train_bpd": bits_per_dim(nats_since / count_since),
+            since = torch.tensor([nats_since, count_since], dtype=torch.float64, device=device)
+            if world > 1:  # the mean over all processes' batches
+                dist.all_reduce(since)
+            history.append({"step": done, "train_bpd": bits_per_dim(float(since[0] / since[1])),
                             "val_bpd": val})
             nats_since, count_since = 0.0, 0
-            if val is not None:
+            if val is not None and rank == 0:
                 bar.write(f"step {done}: train {history[-1]['train_bpd']:.4f} bits/dim, "
                           f"validation {val:.4f} bits/dim")
         if checkpoint and (done % checkpoint_every == 0 or done == steps):

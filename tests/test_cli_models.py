@@ -68,3 +68,18 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         pytest.skip("a CUDA device is visible")
     with pytest.raises(SystemExit, match="no CUDA device is visible"):
         main(["demo", "--device", "cuda"])
+
+
+def test_bad_arguments_end_with_a_message(tmp_path, tiny_npy):
+    data, _ = tiny_npy
+    base = ["train", "pixelcnn", "--data", data, "--steps", "1", "--checkpoint", str(tmp_path / "x.pt")]
+    with pytest.raises(SystemExit, match="error: the image size must be a positive int, got 0"):
+        main(base + ["--size", "0"])
+    with pytest.raises(SystemExit, match="levels must be an int >= 2"):
+        main(base + ["--size", "6", "--levels", "1"])
+    with pytest.raises(SystemExit, match="hidden must be a positive multiple"):
+        main(base + ["--size", "6", "--hidden", "0"])
+    with pytest.raises(SystemExit, match="error: data must be 'digits'"):
+        main(["train", "gated-pixelcnn", "--data", str(tmp_path / "nothing.npy")])
+    with pytest.raises(SystemExit, match="error: .*missing.pt"):
+        main(["sample", "pixelcnn", "--checkpoint", str(tmp_path / "missing.pt")])

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICES
 
 from genfast.metrics import bits_per_dim
 from genfast.models import GatedPixelCNN, PixelCNN, inverse_cdf, sampling_uniforms
@@ -242,3 +243,25 @@ def test_non_finite_logits_are_an_error():
         model.output_conv.bias.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="non-finite logits at row 0, column 0"):
         model.sample(1, labels=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_on_device_with_the_compiled_kernels(device, name):
+    model = make(name)
+    n, (h, w) = 3, model.image_size
+    x = torch.randint(0, model.levels, (n, model.channels, h, w))
+    labels = torch.tensor([0, 2, 1])
+    want = model.double().set_impl("reference")(x, labels)
+    model.float().set_impl("ext").to(device)
+    got = model(x.to(device), labels.to(device))
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-4)
+    model.loss(x.to(device), labels.to(device)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    prefix = x[:, :, :1].to(device)
+    gen = torch.Generator(device).manual_seed(0)
+    out = model.sample(n, labels=labels.to(device), prefix=prefix, generator=gen)
+    again = model.sample(n, labels=labels.to(device), prefix=prefix,
+                         generator=torch.Generator(device).manual_seed(0))
+    assert out.device.type == device and torch.equal(out, again)
+    assert torch.equal(out[:, :, :1], prefix)

@@ -135,7 +135,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="lr must be"):
         gtrain.train(model, data, steps=1, lr=float("nan"), progress=False)
     bad = ImageData(data.images + 5, data.labels, 10, 3)
-    with pytest.raises(ValueError, match=r"train_data.images values must lie in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"data images values must lie in \[0, 5\)"):
         gtrain.train(model, bad, steps=1, batch_size=4, progress=False)
     with pytest.raises(ValueError, match="labels are required"):
         gtrain.train(model, ImageData(data.images, None, 5), steps=1, batch_size=4, progress=False)
@@ -179,6 +179,7 @@ def test_ddp_two_gloo_processes_keep_identical_parameters(tmp_path):
 
 
 @requires_cuda
+@pytest.mark.cuda
 def test_mixed_precision_on_cuda():
     data = tiny_data(n=32)
     model = tiny_model().cuda()

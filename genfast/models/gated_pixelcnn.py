@@ -107,7 +107,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
     hidden: channels of each stack (a multiple of channels); num_layers >= 1;
     kernel_size: odd, 3..11; num_classes: class conditioning (None for none);
     cond_channels: channels of a spatial conditioning map (N, cond_channels, H, W) given
-    as `cond` (0 for none); embedding_dim: learned level embeddings instead of scaled
+    as `cond`, at the image's resolution (0 for none); embedding_dim: learned level embeddings instead of scaled
     levels at the input; image_size: the default size of `sample`;
     impl: "auto" | "ext" | "reference" for every masked layer.
     """

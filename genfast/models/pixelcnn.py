@@ -6,16 +6,16 @@ Layers, in order (k: the input kernel size, 7 by default; R = 2 * hidden channel
            (columns j-k//2..j+k//2) and row i columns j-k//2..j-1, plus the earlier colours
            at (i, j).
   blocks   num_blocks residual blocks: x + conv1x1(relu(conv3x3(relu(conv1x1(relu(x)))))),
-           R -> hidden -> hidden -> R; the 3x3 is mask 'B' (rows i-1..i, columns j-1..j+1
-           above, j-1..j in row i, colours <= c at (i, j)); the 1x1s are mask 'B' with colour
-           groups (colours <= c; plain 1x1 convolutions for grey images).
+           R -> hidden -> hidden -> R; the 3x3 is mask 'B' (row i-1 columns j-1..j+1, row i
+           columns j-1..j, colours <= c at (i, j)); the 1x1s are mask 'B' with colour groups
+           (colours <= c; plain 1x1 convolutions for grey images).
   output   relu, 1x1 'B' R -> R, relu, 1x1 'B' R -> channels * levels (also plain for grey).
 Class conditioning adds a learned per-class vector after the input layer.
 
-The receptive field has the blind spot of stacked masked convolutions: in row i-1 the
-output at (i, j) sees columns up to j + k//2 only, however deep the network (and in
-general the region up and to the right grows one column per row); the Gated PixelCNN
-removes it.
+The receptive field has the blind spot of stacked masked convolutions: however deep
+the network, the output at (i, j) sees row i-r (r >= 1) only up to column
+j + k//2 + r - 1; the pixels to the right of that are in its past but unseen
+(tests/test_models_pixelcnn.py::test_the_blind_spot). The Gated PixelCNN removes it.
 """
 from __future__ import annotations
 
