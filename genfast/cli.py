@@ -13,7 +13,7 @@ import json
 import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["genfast.cli_wavenet"]
 
 
 def _info(args) -> int:
