@@ -13,7 +13,8 @@ import json
 import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
-COMMAND_MODULES: list[str] = ["genfast.cli_models", "genfast.cli_gan", "genfast.cli_vq"]
+COMMAND_MODULES: list[str] = ["genfast.cli_models", "genfast.cli_gan", "genfast.cli_vq",
+                              "genfast.cli_wavenet"]
 
 
 def _info(args) -> int:
