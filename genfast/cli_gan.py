@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from genfast import losses
 
 DATASETS = ("ring8", "digits")
-# Per-dataset defaults of the settings not fixed by the paper.
+# Per-dataset defaults of the command line (WGANGPConfig's own are the paper's).
 DATA_DEFAULTS = {
     "ring8": {"steps": 1000, "batch_size": 256, "hidden": 128, "z_dim": 2, "lr": 3e-4, "critic_lr": 1e-3,
               "betas": (0.5, 0.9)},
@@ -54,7 +54,7 @@ class WGANGPConfig:
     critic_lr: float | None = None  # None: lr (the paper); a larger one is TTUR (Heusel et al. 2017)
     beta1: float = 0.0
     beta2: float = 0.9
-    hidden: int = 256  # ring8: MLP width; digits: channels of the first conv
+    hidden: int = 128  # ring8: MLP width; digits: channels of the first conv
     z_dim: int = 2
     seed: int = 0
 
