@@ -10,10 +10,27 @@ TORCH_LIBRARY(genfast, m) {
         "str mask_type, int color_groups) -> Tensor");
   m.def("masked_conv2d_grad_weight(Tensor grad_output, Tensor input, int[2] kernel_size, "
         "int[2] dilation, str mask_type, int color_groups) -> Tensor");
+  // Gradient penalties of GAN critics (WGAN-GP, R1/R2): per-sample interpolation
+  // between real and fake batches, and the penalty given the critic's input gradient.
+  m.def("gradient_penalty_interpolate(Tensor real, Tensor fake, Tensor eps) -> Tensor");
+  m.def("gradient_penalty_interpolate_backward(Tensor grad_output, Tensor real, Tensor fake, "
+        "Tensor eps) -> (Tensor, Tensor, Tensor)");
+  m.def("gradient_penalty(Tensor grad, float weight, float center, bool one_sided) "
+        "-> (Tensor, Tensor)");
+  m.def("gradient_penalty_backward(Tensor grad_penalty, Tensor? grad_norms, Tensor grad, "
+        "Tensor norms, float weight, float center, bool one_sided) -> Tensor");
   // Nearest code of each row of x (N, D) in a codebook (K, D): (indices int64 (N),
   // squared distances (N), float32, or float64 for float64 inputs); see nearest_code.h.
   m.def("nearest_code(Tensor x, Tensor codebook, bool cosine) -> (Tensor, Tensor)");
   // Per-code counts (K) int64 and sums (K, D) of the rows of x (N, D) assigned to each
   // code by indices (N), for EMA codebook updates; see code_statistics.h.
   m.def("code_statistics(Tensor x, Tensor indices, int num_codes) -> (Tensor, Tensor)");
+  // One cached sampling step of a WaveNet (layout in csrc/wavenet_step.h): reads the
+  // previous samples, updates the per-layer ring buffers in `cache`, returns the
+  // step's logits (N, levels) and writes the drawn samples into column `step`.
+  m.def("wavenet_step(Tensor(a!) samples, Tensor(b!) cache, Tensor uniforms, int step, "
+        "int known_steps, float temperature, Tensor input_weight, Tensor input_bias, "
+        "Tensor dilated_weight, Tensor gate_bias, Tensor out_weight, Tensor out_bias, "
+        "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2, "
+        "int[] dilations) -> Tensor");
 }

@@ -1,4 +1,44 @@
-"""Generative models built on genfast's ops and layers."""
-from genfast.models.vqvae import VQVAE, VQVAE2
+"""Generative models built from genfast's layers: PixelCNN and Gated PixelCNN
+(autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2.
 
-__all__ = ["VQVAE", "VQVAE2"]
+The autoregressive models take integer images (N, channels, H, W) in [0, levels):
+model(x) gives logits (N, levels, channels, H, W), model.loss(x) the mean NLL in nats,
+model.sample(n, ...) images (naive sampling; see AutoregressiveImageModel.sample for its
+exact use of the generator). Checkpoints of genfast.train rebuild with load_model.
+"""
+from __future__ import annotations
+
+import torch
+
+from genfast.models.base import AutoregressiveImageModel, nll
+from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
+from genfast.models.pixelcnn import PixelCNN
+from genfast.models.sampling import inverse_cdf, sampling_uniforms
+from genfast.models.vqvae import VQVAE, VQVAE2
+from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode, mu_law_encode
+
+# CLI names of the autoregressive models.
+MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
+
+
+def model_name(model: AutoregressiveImageModel) -> str:
+    return next(name for name, cls in MODELS.items() if isinstance(model, cls))
+
+
+def build_model(name: str, config: dict) -> AutoregressiveImageModel:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name](**config)
+
+
+def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
+    """The model of a genfast.train checkpoint, with its trained weights, in eval mode."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    model = build_model(state["model_name"], state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+__all__ = ["AutoregressiveImageModel", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "VQVAE",
+           "VQVAE2", "WaveNet", "build_model", "dilation_cycles", "inverse_cdf", "load_model",
+           "model_name", "mu_law_decode", "mu_law_encode", "nll", "sampling_uniforms"]

@@ -1,17 +1,23 @@
 """genfast ops. Each op `name` lives in genfast/ops/name.py with its reference twin
 `name_reference`, its fake kernels and autograd registration; its schema is in
 csrc/schemas.cpp, its kernels in csrc/cpu/name.cpp and csrc/cuda/name.cu, its tests
-in tests/test_name.py and its benchmark in benchmarks/test_bench_name.py."""
+in tests/test_name.py and its benchmark in benchmarks/test_bench_name.py.
+gradient_penalty_interpolate shares the files of gradient_penalty."""
+from genfast.ops.code_statistics import code_statistics, code_statistics_reference
+from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_interpolate,
+                                          gradient_penalty_interpolate_reference,
+                                          gradient_penalty_reference)
 from genfast.ops.masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
+from genfast.ops.nearest_code import nearest_code, nearest_code_reference
+from genfast.ops.wavenet_step import (WaveNetWeights, draw_from_logits, wavenet_step,
+                                      wavenet_step_reference, wavenet_stepper)
 
 # The public ops (each takes impl="auto" | "ext" | "reference").
-OPS = ("masked_conv2d",)
+OPS = ("masked_conv2d", "gradient_penalty", "gradient_penalty_interpolate", "nearest_code",
+       "code_statistics", "wavenet_step")
 
-__all__ = ["OPS", "masked_conv2d", "masked_conv2d_mask", "masked_conv2d_reference"]
-
-# Vector quantisation.
-from genfast.ops.code_statistics import code_statistics, code_statistics_reference
-from genfast.ops.nearest_code import nearest_code, nearest_code_reference
-
-OPS += ("nearest_code", "code_statistics")
-__all__ += ["code_statistics", "code_statistics_reference", "nearest_code", "nearest_code_reference"]
+__all__ = ["OPS", "WaveNetWeights", "code_statistics", "code_statistics_reference",
+           "draw_from_logits", "gradient_penalty", "gradient_penalty_interpolate",
+           "gradient_penalty_interpolate_reference", "gradient_penalty_reference", "masked_conv2d",
+           "masked_conv2d_mask", "masked_conv2d_reference", "nearest_code", "nearest_code_reference",
+           "wavenet_step", "wavenet_step_reference", "wavenet_stepper"]

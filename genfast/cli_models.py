@@ -1,0 +1,246 @@
+"""Commands of the autoregressive image models: `genfast train pixelcnn|gated-pixelcnn`,
+`genfast sample pixelcnn|gated-pixelcnn` and `genfast demo`, the main job."""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import time
+
+import torch
+
+# The demo: a model small enough to train and sample naively in about a minute on 2 cores.
+DEMO_SIZE, DEMO_LEVELS = 16, 16
+DEMO_MODEL = dict(hidden=32, num_layers=5, kernel_size=5)
+DEMO_TRAIN = dict(batch_size=16, lr=5e-3)
+DEMO_SAMPLES_PER_CLASS = 6
+DEMO_COMPLETIONS = 4
+
+
+def _add_data_args(p: argparse.ArgumentParser, size: int, levels: int) -> None:
+    p.add_argument("--data", default="digits",
+                   help="'digits' (embedded, no download), a folder of images (subfolders = "
+                        "classes) or a .npy array (N, H, W[, C]) (default: digits)")
+    p.add_argument("--labels-npy", help="labels of a .npy data set, a .npy of N integers")
+    p.add_argument("--size", type=int, default=size, help=f"image side (default {size})")
+    p.add_argument("--levels", type=int, default=levels,
+                   help=f"values per sub-pixel (default {levels})")
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 grey, 3 RGB")
+
+
+def _add_train_args(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float) -> None:
+    p.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"global batch size (default {batch_size})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak AdamW learning rate (default {lr})")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_commands(commands, train, sample) -> None:
+    from genfast.models import MODELS
+
+    for name in MODELS:
+        p = train.add_parser(name, help=f"train a {name} (AdamW; DDP under torchrun)")
+        _add_data_args(p, size=28, levels=256)
+        _add_train_args(p, steps=2000, batch_size=32, lr=1e-3)
+        p.add_argument("--hidden", type=int, default=64, help="channels per layer (default 64)")
+        if name == "gated-pixelcnn":
+            p.add_argument("--layers", type=int, default=8, help="gated layers (default 8)")
+            p.add_argument("--kernel-size", type=int, default=5, help="odd, 3..11 (default 5)")
+        else:
+            p.add_argument("--blocks", type=int, default=6, help="residual blocks (default 6)")
+        p.add_argument("--unconditional", action="store_true",
+                       help="ignore the labels (default: class-conditional when the data has labels)")
+        p.add_argument("--val-every", type=int, default=200, help="validate every N steps")
+        p.add_argument("--checkpoint", default=None,
+                       help=f"checkpoint path (default runs/{name}.pt); resumed when it exists")
+        p.add_argument("--no-resume", action="store_true", help="start afresh over an existing checkpoint")
+        p.add_argument("--impl", default="auto", choices=["auto", "ext", "reference"],
+                       help="masked layers: genfast kernels or the F.conv2d(weight*mask) reference")
+        p.set_defaults(func=_train)
+
+        s = sample.add_parser(name, help=f"sample a trained {name} (naive sampling) into a PNG")
+        s.add_argument("--checkpoint", required=True, help="a checkpoint of `genfast train`")
+        s.add_argument("--n", type=int, default=8,
+                       help="images (per class when class-conditional; default 8)")
+        s.add_argument("--temperature", type=float, default=1.0)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--device", default=None)
+        s.add_argument("--out", default="samples.png", help="PNG path (default samples.png)")
+        s.set_defaults(func=_sample)
+
+    d = commands.add_parser("demo", help="the main job: train a class-conditional Gated PixelCNN on "
+                                         "the embedded digits, sample digits and completions")
+    d.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
+    d.add_argument("--out", default="demo-out", help="folder for the PNGs (default demo-out)")
+    d.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=_demo)
+
+
+def _user_errors(command):
+    """Bad arguments or data end the command with their message, not a traceback."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        try:
+            return command(args)
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+    return run
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda was asked for but no CUDA device is visible")
+    return device
+
+
+def _init_distributed(device: torch.device) -> tuple[torch.device, bool]:
+    """Joins the process group when run under torchrun (WORLD_SIZE > 1)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, True
+
+
+def backend_line(device: torch.device) -> str:
+    from genfast import _backend
+
+    return f"masked layers on {device.type}: {_backend.describe('masked_conv2d', device.type)}"
+
+
+@_user_errors
+def _train(args) -> int:
+    import torch.distributed as dist
+
+    from genfast.data import load_dataset
+    from genfast.models import GatedPixelCNN, PixelCNN
+    from genfast.train import evaluate, train
+
+    device, distributed = _init_distributed(_device(args.device))
+    rank = dist.get_rank() if distributed else 0
+    try:
+        train_data, test_data = load_dataset(args.data, args.size, args.levels, args.channels,
+                                             args.labels_npy)
+        num_classes = None if args.unconditional else train_data.num_classes
+        if num_classes is None:
+            train_data.labels = test_data.labels = None
+        torch.manual_seed(args.seed)
+        common = dict(channels=args.channels, levels=args.levels, hidden=args.hidden,
+                      num_classes=num_classes, image_size=args.size, impl=args.impl)
+        if args.model == "gated-pixelcnn":
+            model = GatedPixelCNN(num_layers=args.layers, kernel_size=args.kernel_size, **common)
+        else:
+            model = PixelCNN(num_blocks=args.blocks, **common)
+        checkpoint = args.checkpoint or os.path.join("runs", f"{args.model}.pt")
+        if rank == 0:
+            print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+                  f"data {args.data} {args.size}x{args.size}, {args.levels} levels, "
+                  f"{len(train_data)} train / {len(test_data)} test images; {backend_line(device)}")
+        history = train(model, train_data, val_data=test_data, steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
+                        checkpoint=checkpoint, seed=args.seed, amp=not args.no_amp, device=device,
+                        progress=not args.no_progress, resume=not args.no_resume,
+                        desc=args.model)
+        test_bpd = evaluate(model, test_data, device=device, amp=not args.no_amp)
+        if rank == 0:
+            print("step  train bits/dim  test bits/dim")
+            for row in history:
+                print(f"{row['step']:>5}  {row['train_bpd']:>14.4f}  {row['val_bpd']:>13.4f}")
+            print(f"test bits/dim: {test_bpd:.4f}; checkpoint: {checkpoint}")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+@_user_errors
+def _sample(args) -> int:
+    from genfast.data import save_grid
+    from genfast.models import load_model
+
+    device = _device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    if args.n < 1:
+        raise SystemExit(f"error: --n must be positive, got {args.n}")
+    labels, ncol, n = None, args.n, args.n
+    if model.num_classes is not None:
+        labels = torch.arange(model.num_classes, device=device).repeat_interleave(args.n)
+        n = labels.numel()
+    generator = torch.Generator(device).manual_seed(args.seed)
+    start = time.perf_counter()
+    images = model.sample(n, labels=labels, temperature=args.temperature, generator=generator,
+                          device=device)
+    seconds = time.perf_counter() - start
+    save_grid(images, model.levels, args.out, ncol=min(ncol, n))
+    print(f"{n} samples in {seconds:.1f} s ({backend_line(device)}); saved {args.out}")
+    return 0
+
+
+@_user_errors
+def _demo(args) -> int:
+    from genfast.data import load_digits, save_grid
+    from genfast.models import GatedPixelCNN
+    from genfast.train import evaluate, train
+
+    begin = time.perf_counter()
+    device = _device(args.device)
+    size, levels = DEMO_SIZE, DEMO_LEVELS
+    print(f"genfast demo: a class-conditional Gated PixelCNN on scikit-learn's digits "
+          f"({size}x{size}, {levels} grey levels) on {device}; {backend_line(device)}")
+    train_data, test_data = load_digits(size, levels)
+    torch.manual_seed(args.seed)
+    model = GatedPixelCNN(levels=levels, num_classes=10, image_size=size, **DEMO_MODEL).to(device)
+    start = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint = os.path.join(args.out, "demo.pt")
+    train(model, train_data, val_data=test_data, steps=args.steps, **DEMO_TRAIN, val_every=max(1, args.steps // 4), checkpoint=checkpoint, seed=args.seed,
+          device=device, progress=not args.no_progress, resume=False, desc="demo")
+    train_seconds = time.perf_counter() - start
+    test_bpd = evaluate(model, test_data, device=device)
+
+    generator = torch.Generator(device).manual_seed(args.seed)
+    labels = torch.arange(10, device=device).repeat_interleave(DEMO_SAMPLES_PER_CLASS)
+    start = time.perf_counter()
+    samples = model.sample(labels.numel(), labels=labels, generator=generator)
+    sample_seconds = time.perf_counter() - start
+    samples_png = os.path.join(args.out, "samples.png")
+    save_grid(samples, levels, samples_png, ncol=DEMO_SAMPLES_PER_CLASS)
+
+    # One test digit per class: its top half given, the bottom half completed.
+    picks = torch.stack([torch.nonzero(test_data.labels == c)[0, 0] for c in range(10)])
+    originals, digit_labels = test_data.images[picks].to(device), test_data.labels[picks].to(device)
+    half = size // 2
+    prefix = originals[:, :, :half].repeat_interleave(DEMO_COMPLETIONS, 0)
+    start = time.perf_counter()
+    completions = model.sample(prefix.shape[0], labels=digit_labels.repeat_interleave(DEMO_COMPLETIONS),
+                               prefix=prefix, generator=generator)
+    complete_seconds = time.perf_counter() - start
+    given = originals.clone()
+    given[:, :, half:] = levels // 2  # grey: the unknown half
+    rows = torch.cat([originals[:, None], given[:, None],
+                      completions.view(10, DEMO_COMPLETIONS, 1, size, size)], 1)
+    completions_png = os.path.join(args.out, "completions.png")
+    save_grid(rows.flatten(0, 1), levels, completions_png, ncol=DEMO_COMPLETIONS + 2)
+
+    print(f"test bits/dim: {test_bpd:.4f} ({levels} levels)")
+    print(f"training: {args.steps} steps in {train_seconds:.1f} s")
+    print(f"sampling (naive): {samples.shape[0]} digits in {sample_seconds:.1f} s, "
+          f"{prefix.shape[0]} half-image completions in {complete_seconds:.1f} s")
+    print(f"backend: {backend_line(device)}")
+    print(f"saved {samples_png} (one row per class 0-9), {completions_png} (original, "
+          f"given top half, {DEMO_COMPLETIONS} completions), {checkpoint}")
+    print(f"total {time.perf_counter() - begin:.1f} s")
+    return 0

@@ -1,0 +1,184 @@
+"""Image data for the autoregressive models: integer levels (N, channels, H, W) in
+[0, levels), optional labels, a fixed train/test split; and PNG grids of samples.
+
+Sources: the embedded default "digits" (scikit-learn's 1 797 handwritten digits, 8x8
+with 17 grey levels, shipped inside the scikit-learn package: no download), a folder
+of images (one subfolder per class gives labels), or a .npy array.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The fixed split: a permutation drawn with this seed; the test set is its head.
+SPLIT_SEED = 0
+
+
+@dataclass
+class ImageData:
+    """images (N, channels, H, W) int64 in [0, levels); labels (N,) int64 in
+    [0, num_classes) or None; cond (N, C, H, W) float conditioning maps or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    levels: int
+    num_classes: int | None = None
+    cond: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: torch.Tensor) -> "ImageData":
+        pick = lambda t: None if t is None else t[index]
+        return ImageData(self.images[index], pick(self.labels), self.levels, self.num_classes,
+                         pick(self.cond))
+
+
+def quantize(values: torch.Tensor, levels: int) -> torch.Tensor:
+    """Intensities in [0, 1] -> integer levels round(v * (levels - 1)) in [0, levels)."""
+    if not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"quantize: levels must be an int >= 2, got {levels!r}")
+    return torch.round(values.clamp(0, 1) * (levels - 1)).long()
+
+
+def resize(values: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images (N, C, H, W) -> (N, C, size, size), bilinear (antialiased when shrinking)."""
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"the image size must be a positive int, got {size!r}")
+    if values.shape[-2:] == (size, size):
+        return values
+    return F.interpolate(values, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def split(data: ImageData, test_fraction: float) -> tuple[ImageData, ImageData]:
+    """The fixed train/test split: a permutation seeded with SPLIT_SEED, test set first."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"split: test_fraction must lie in (0, 1), got {test_fraction!r}")
+    n = len(data)
+    n_test = max(1, round(n * test_fraction))
+    if n_test >= n:
+        raise ValueError(f"split: {n} images are too few for a train and a test set")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return data.subset(perm[n_test:]), data.subset(perm[:n_test])
+
+
+def load_digits(size: int = 28, levels: int = 256) -> tuple[ImageData, ImageData]:
+    """scikit-learn's digits resized to size x size and quantised: (train, test), 1 500
+    and 297 images with labels 0..9."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    values = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
+    images = quantize(resize(values, size), levels)
+    data = ImageData(images, torch.from_numpy(digits.target).long(), levels, num_classes=10)
+    return split(data, 297 / 1797)
+
+
+def _to_unit_interval(array: np.ndarray, source: str) -> torch.Tensor:
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(f"{source}: integer images must lie in [0, 255], got values in "
+                             f"[{array.min()}, {array.max()}]")
+        return torch.from_numpy(array.astype(np.float32) / 255.0)
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+            raise ValueError(f"{source}: float images must be finite and lie in [0, 1]")
+        return torch.from_numpy(array.astype(np.float32))
+    raise TypeError(f"{source}: images must be integers in [0, 255] or floats in [0, 1], "
+                    f"got dtype {array.dtype}")
+
+
+def load_npy(path: str, size: int, levels: int, labels_path: str | None = None) -> ImageData:
+    """A .npy array (N, H, W) grey or (N, H, W, C) channels-last, integers in [0, 255] or
+    floats in [0, 1]; labels_path: an optional .npy of N integer labels."""
+    array = np.load(path, allow_pickle=False)
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[0] == 0 or array.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: expected an array (N, H, W) or (N, H, W, C) with C 1 or 3 "
+                         f"and N > 0, got shape {array.shape}")
+    values = _to_unit_interval(array, path).permute(0, 3, 1, 2)
+    labels = None
+    if labels_path is not None:
+        raw = np.load(labels_path, allow_pickle=False)
+        if raw.shape != (array.shape[0],) or not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0:
+            raise ValueError(f"{labels_path}: labels must be {array.shape[0]} integers >= 0, "
+                             f"got shape {raw.shape} and dtype {raw.dtype}")
+        labels = torch.from_numpy(raw).long()
+    return ImageData(quantize(resize(values, size), levels), labels, levels,
+                     None if labels is None else int(labels.max()) + 1)
+
+
+def load_image_folder(path: str, size: int, levels: int, channels: int = 1) -> ImageData:
+    """Every image in `path` (or, with one subfolder per class, in its subfolders, which
+    give the labels in sorted order), converted to grey (channels=1) or RGB (3)."""
+    from PIL import Image
+
+    if channels not in (1, 3):
+        raise ValueError(f"load_image_folder: channels must be 1 or 3, got {channels!r}")
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"the image size must be a positive int, got {size!r}")
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    entries = [(os.path.join(path, c), i) for i, c in enumerate(classes)] or [(path, None)]
+    images, labels = [], []
+    for folder, label in entries:
+        for name in sorted(os.listdir(folder)):
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            with Image.open(os.path.join(folder, name)) as img:
+                img = img.convert("L" if channels == 1 else "RGB").resize(
+                    (size, size), Image.Resampling.BILINEAR)
+                images.append(np.asarray(img, dtype=np.uint8).reshape(size, size, channels))
+            labels.append(label)
+    if not images:
+        raise ValueError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    values = _to_unit_interval(np.stack(images), path).permute(0, 3, 1, 2)
+    has_labels = bool(classes)
+    return ImageData(quantize(values, levels), torch.tensor(labels) if has_labels else None,
+                     levels, len(classes) if has_labels else None)
+
+
+def load_dataset(source: str, size: int, levels: int, channels: int = 1,
+                 labels_path: str | None = None, test_fraction: float = 0.1
+                 ) -> tuple[ImageData, ImageData]:
+    """(train, test) from "digits" (its own fixed split), a folder of images or a .npy."""
+    if source == "digits":
+        if channels != 1:
+            raise ValueError(f"the digits are grey: channels must be 1, got {channels}")
+        return load_digits(size, levels)
+    if os.path.isdir(source):
+        data = load_image_folder(source, size, levels, channels)
+    elif source.endswith(".npy") and os.path.isfile(source):
+        data = load_npy(source, size, levels, labels_path)
+        if data.images.shape[1] != channels:
+            raise ValueError(f"{source} has {data.images.shape[1]} channels, expected {channels}")
+    else:
+        raise ValueError(f"data must be 'digits', a folder of images or a .npy file, got {source!r}")
+    return split(data, test_fraction)
+
+
+def save_grid(images: torch.Tensor, levels: int, path: str, ncol: int, scale: int = 4,
+              gap: int = 1) -> None:
+    """Saves integer images (N, C, H, W) as one PNG: rows of ncol cells, each pixel
+    scaled up `scale` times, `gap` grey pixels between cells."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = -(-n // ncol)
+    values = (images.detach().cpu().float() * (255.0 / (levels - 1))).round().to(torch.uint8)
+    cell_h, cell_w = h * scale + gap, w * scale + gap
+    canvas = torch.full((c, nrow * cell_h + gap, ncol * cell_w + gap), 128, dtype=torch.uint8)
+    big = values.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    for k in range(n):
+        r, q = divmod(k, ncol)
+        y, x = gap + r * cell_h, gap + q * cell_w
+        canvas[:, y:y + h * scale, x:x + w * scale] = big[k]
+    array = canvas.permute(1, 2, 0).numpy()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(array[..., 0] if c == 1 else array).save(path)

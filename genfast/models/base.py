@@ -1,0 +1,307 @@
+"""What PixelCNN and Gated PixelCNN share: the input and output layout, argument
+checks, the likelihood and naive sampling.
+
+Images are integer levels in [0, levels), shaped (N, channels, H, W); the sub-pixels
+of a pixel are generated in channel order (R, G, B). Logits are shaped
+(N, levels, channels, H, W), the layout F.cross_entropy takes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genfast.models.sampling import inverse_cdf, sampling_uniforms
+from genfast.nn import MaskedConv2d
+from genfast.ops import masked_conv2d
+
+
+def pointwise(in_channels: int, out_channels: int, color_groups: int, impl: str) -> nn.Conv2d:
+    """A 1x1 layer of an autoregressive model: masked between colour groups (colour c
+    sees colours <= c, mask 'B'); with one colour group there is nothing to mask and it
+    is a plain nn.Conv2d."""
+    if color_groups == 1:
+        return nn.Conv2d(in_channels, out_channels, 1)
+    return MaskedConv2d(in_channels, out_channels, 1, color_groups=color_groups, impl=impl)
+
+
+def run_masked(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) in x's dtype: autocast does not cast the inputs of genfast's ops, so under
+    mixed precision a MaskedConv2d's float32 weights are cast to the activations' dtype
+    here (plain convolutions are cast by autocast itself)."""
+    if not isinstance(layer, MaskedConv2d) or layer.weight.dtype == x.dtype:
+        return layer(x)
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return masked_conv2d(x, layer.weight.to(x.dtype), bias, mask_type=layer.mask_type,
+                         color_groups=layer.color_groups, dilation=layer.dilation,
+                         impl=layer.impl)
+
+
+def _positive_int(value, name: str, model: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{model}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def _is_integer_tensor(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+class AutoregressiveImageModel(nn.Module):
+    """Base class. Subclasses build their layers in __init__ (after calling
+    super().__init__) and implement `logits`."""
+
+    def __init__(self, *, channels: int, levels: int, num_classes: int | None,
+                 cond_channels: int, embedding_dim: int | None, image_size, impl: str):
+        super().__init__()
+        name = type(self).__name__
+        self.channels = _positive_int(channels, "channels", name)
+        self.levels = _positive_int(levels, "levels", name)
+        if levels < 2:
+            raise ValueError(f"{name}: levels must be at least 2, got {levels}")
+        if num_classes is not None:
+            _positive_int(num_classes, "num_classes", name)
+        self.num_classes = num_classes
+        if not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"{name}: cond_channels must be an int >= 0, got {cond_channels!r}")
+        self.cond_channels = cond_channels
+        if isinstance(image_size, int):
+            image_size = (image_size, image_size)
+        if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+                or not all(isinstance(s, int) and s >= 1 for s in image_size)):
+            raise ValueError(f"{name}: image_size must be an int or a pair of positive ints, "
+                             f"got {image_size!r}")
+        self.image_size = tuple(image_size)
+        # One colour group per sub-pixel: group c of every masked layer sees colours <= c.
+        self.color_groups = channels
+        self.embedding_dim = embedding_dim
+        if embedding_dim is None:
+            self.input_channels = channels
+            self.embedding = None
+        else:
+            _positive_int(embedding_dim, "embedding_dim", name)
+            self.input_channels = channels * embedding_dim
+            self.embedding = nn.Embedding(levels, embedding_dim)
+        self.impl = impl
+
+    # -- layout -----------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        """The constructor arguments: type(model)(**model.config) rebuilds the model."""
+        raise NotImplementedError
+
+    def set_impl(self, impl: str) -> "AutoregressiveImageModel":
+        """Makes every masked layer run impl ("auto" | "ext" | "reference")."""
+        self.impl = impl
+        for module in self.modules():
+            if isinstance(module, MaskedConv2d):
+                module.impl = impl
+        return self
+
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return next(self.parameters()).dtype
+
+    def input_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer levels (N, channels, H, W) -> the float input of the first layers,
+        (N, input_channels, H, W), channel c's features in colour group c: levels scaled
+        to [-1, 1], or a learned embedding of each level."""
+        dtype = self._compute_dtype(x.device)
+        if self.embedding is None:
+            return (x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0)
+        n, c, h, w = x.shape
+        e = self.embedding(x.long()).to(dtype)  # (N, C, H, W, E)
+        return e.permute(0, 1, 4, 2, 3).reshape(n, c * self.embedding_dim, h, w)
+
+    def output_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """The last layer's (N, channels * levels, H, W), colour-group-major, to logits
+        (N, levels, channels, H, W)."""
+        n, _, h, w = out.shape
+        return out.view(n, self.channels, self.levels, h, w).transpose(1, 2)
+
+    def logits(self, features: torch.Tensor, labels: torch.Tensor | None = None,
+               cond: torch.Tensor | None = None, *, last_row_only: bool = False) -> torch.Tensor:
+        """The network on `input_features` (no argument checks). Logits at (i, j, c) depend
+        only on the features of earlier sub-pixels in raster/colour order. With
+        last_row_only, the output layers run on the last row only: (N, levels, C, 1, W)."""
+        raise NotImplementedError
+
+    # -- checks -----------------------------------------------------------------
+    def check_images(self, x, name: str = "x") -> None:
+        model = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{model}: {name} must be a tensor, got {type(x).__name__}")
+        if not _is_integer_tensor(x):
+            raise TypeError(f"{model}: {name} must hold integer levels in [0, {self.levels}) "
+                            f"(an integer tensor), got {x.dtype}; quantise images first")
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"{model}: {name} must be shaped (N, {self.channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"{model}: {name} must not be empty, got shape {tuple(x.shape)}")
+        lo, hi = torch.aminmax(x)
+        if lo < 0 or hi >= self.levels:
+            raise ValueError(f"{model}: {name} values must lie in [0, {self.levels}), "
+                             f"got values in [{int(lo)}, {int(hi)}]")
+
+    def check_conditioning(self, n: int, height: int, width: int, labels, cond) -> None:
+        model = type(self).__name__
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(f"{model}: labels given but the model is unconditional "
+                                 f"(num_classes=None)")
+        else:
+            if labels is None:
+                raise ValueError(f"{model}: labels are required (num_classes={self.num_classes})")
+            if not isinstance(labels, torch.Tensor) or not _is_integer_tensor(labels):
+                raise TypeError(f"{model}: labels must be an integer tensor, got "
+                                f"{getattr(labels, 'dtype', type(labels).__name__)}")
+            if labels.shape != (n,):
+                raise ValueError(f"{model}: labels must be shaped ({n},), got {tuple(labels.shape)}")
+            lo, hi = torch.aminmax(labels)
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(f"{model}: labels must lie in [0, {self.num_classes}), got "
+                                 f"values in [{int(lo)}, {int(hi)}]")
+        if self.cond_channels == 0:
+            if cond is not None:
+                raise ValueError(f"{model}: cond given but the model has cond_channels=0")
+        else:
+            shape = (n, self.cond_channels, height, width)
+            if not isinstance(cond, torch.Tensor) or not cond.is_floating_point():
+                raise TypeError(f"{model}: cond must be a float tensor shaped {shape}, got "
+                                f"{getattr(cond, 'dtype', type(cond).__name__)}")
+            if tuple(cond.shape) != shape:
+                raise ValueError(f"{model}: cond must be shaped {shape}, got {tuple(cond.shape)}")
+
+    # -- likelihood ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, levels, channels, H, W) of integer images x (N, channels, H, W)."""
+        self.check_images(x)
+        self.check_conditioning(x.shape[0], x.shape[2], x.shape[3], labels, cond)
+        if cond is not None:
+            cond = cond.to(self._compute_dtype(cond.device))
+        return self.logits(self.input_features(x), labels, cond)
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood per sub-pixel, in nats."""
+        return nll(self(x, labels, cond), x)
+
+    # -- sampling -------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, labels=None, prefix: torch.Tensor | None = None,
+               known_mask: torch.Tensor | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None, device=None,
+               cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Draws n images of self.image_size, (n, channels, H, W) int64, naively: the
+        network is rerun for every sub-pixel that is sampled.
+
+        labels: an int or an integer tensor (n,) when the model has num_classes.
+        cond: (n, cond_channels, H, W) float when the model has cond_channels.
+        prefix, known_mask: image completion. prefix (n, channels, h, W) integer levels
+        gives the top h <= H rows; known_mask (bool, broadcastable to prefix's shape)
+        says which of its sub-pixels are known (default: all). Known sub-pixels are kept
+        as given, the others are sampled conditioned on everything before them in
+        raster order.
+        temperature > 0 divides the logits.
+
+        Randomness: exactly one call sampling_uniforms(n, channels, H, W, generator,
+        device) (one float64 uniform per sub-pixel, drawn in raster order, colours R, G,
+        B within a pixel, images within a sub-pixel, known sub-pixels included), and
+        sub-pixel (i, j, c) of image b takes inverse_cdf(its logits, u[i, j, c, b],
+        temperature). Another sampler that does the same with the same generator state
+        reproduces these images.
+
+        Cost: the network for row i runs on rows 0..i only and its output layers on row
+        i only; the logits there are those of the full image (they do not depend on
+        later rows) up to float rounding: PyTorch's elementwise kernels may round the
+        tail of a tensor differently, so a draw can differ from a full-forward
+        sampler's only where a uniform falls within that rounding of a CDF step.
+        """
+        model = type(self).__name__
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise ValueError(f"{model}.sample: n must be a positive int, got {n!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                and temperature > 0):
+            raise ValueError(f"{model}.sample: temperature must be a finite number > 0, "
+                             f"got {temperature!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{model}.sample: generator must be a torch.Generator, got "
+                            f"{type(generator).__name__}")
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        height, width = self.image_size
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            labels = torch.full((n,), labels, dtype=torch.long)
+        if isinstance(labels, torch.Tensor):
+            labels = labels.to(device)
+        self.check_conditioning(n, height, width, labels, cond)
+        if cond is not None:
+            cond = cond.to(device=device, dtype=self._compute_dtype(device))
+
+        x = torch.zeros(n, self.channels, height, width, dtype=torch.long, device=device)
+        known = torch.zeros(n, self.channels, height, width, dtype=torch.bool, device=device)
+        if prefix is not None:
+            rows = self._place_prefix(x, known, prefix, known_mask, n)
+        elif known_mask is not None:
+            raise ValueError(f"{model}.sample: known_mask given without prefix")
+        else:
+            rows = 0
+        u = sampling_uniforms(n, self.channels, height, width, generator, device)
+
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(height):
+                cond_rows = None if cond is None else cond[:, :, : i + 1]
+                for j in range(width):
+                    for c in range(self.channels):
+                        todo = ~known[:, c, i, j] if i < rows else None
+                        if todo is not None and not todo.any():
+                            continue
+                        features = self.input_features(x[:, :, : i + 1])
+                        logits = self.logits(features, labels, cond_rows, last_row_only=True)
+                        logits = logits[:, :, c, 0, j]
+                        if not torch.isfinite(logits).all():
+                            raise RuntimeError(f"{model}.sample: the network produced non-finite "
+                                               f"logits at row {i}, column {j}, colour {c}")
+                        value = inverse_cdf(logits, u[i, j, c], temperature)
+                        x[:, c, i, j] = value if todo is None else torch.where(todo, value, x[:, c, i, j])
+        finally:
+            self.train(was_training)
+        return x
+
+    def _place_prefix(self, x, known, prefix, known_mask, n: int) -> int:
+        """Writes the known sub-pixels of prefix into x and known; returns its rows."""
+        model = type(self).__name__
+        height, width = self.image_size
+        self.check_images(prefix, "prefix")
+        if prefix.shape[0] != n or prefix.shape[2] > height or prefix.shape[3] != width:
+            raise ValueError(f"{model}.sample: prefix must be shaped ({n}, {self.channels}, h, "
+                             f"{width}) with h <= {height}, got {tuple(prefix.shape)}")
+        rows = prefix.shape[2]
+        if known_mask is None:
+            mask = torch.ones(prefix.shape, dtype=torch.bool, device=x.device)
+        else:
+            if not isinstance(known_mask, torch.Tensor) or known_mask.dtype != torch.bool:
+                raise TypeError(f"{model}.sample: known_mask must be a bool tensor, got "
+                                f"{getattr(known_mask, 'dtype', type(known_mask).__name__)}")
+            try:
+                mask = known_mask.to(x.device).expand(prefix.shape)
+            except RuntimeError:
+                raise ValueError(f"{model}.sample: known_mask of shape {tuple(known_mask.shape)} "
+                                 f"does not broadcast to prefix's shape {tuple(prefix.shape)}") from None
+        x[:, :, :rows] = torch.where(mask, prefix.to(x.device, torch.long), 0)
+        known[:, :, :rows] = mask
+        return rows
+
+
+def nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood in nats of integer images x under logits
+    (N, levels, channels, H, W); computed in float32 at least."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, x.long())

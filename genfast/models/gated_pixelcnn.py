@@ -1,0 +1,155 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN
+Decoders"): a vertical and a horizontal stack with no blind spot, gated tanh * sigmoid
+units, class and spatial conditioning, skip connections to the output.
+
+Each GatedLayer is a fixed sequence of explicit convolutions, so a sampler can step it
+one position at a time. Offsets below are relative to the output position (i, j) and
+colour c; p = kernel_size // 2.
+
+  vertical_conv    Conv2d (p + 1) x kernel_size on the vertical input: rows i-p..i,
+                   columns j-p..j+p, all colours (it is applied to the input padded by p
+                   rows on top and p columns each side). Sees row i itself, so the
+                   horizontal stack only ever receives it shifted down a row:
+  link             Conv2d 1x1 on the vertical pre-activation of (i - 1, j).
+  horizontal_conv  MaskedConv2d 1 x kernel_size on the horizontal input: row i, columns
+                   j-p..j-1, and at column j the colours < c (mask 'A', first layer) or
+                   <= c (mask 'B', later layers).
+  horizontal_out   1x1, mask 'B' between colour groups (colours <= c at (i, j); a plain
+                   Conv2d for grey images); layers after the first add their horizontal
+                   input to it (the residual connection). The last layer has none: only
+                   its skip output is used, as is none of its vertical output.
+  skip             1x1 like horizontal_out, summed over the layers.
+  class_*, cond_*  per-layer terms added to both pre-activations: an embedding of the
+                   label, a 1x1 Conv2d of the conditioning map at (i, j).
+
+Pre-activations have 2 * hidden channels; gate() pairs them per colour group. After
+L layers the output at (i, j, c) sees rows i-1-L*p..i-1 at columns j-L*p..j+L*p, row i
+at columns j-L*p..j-1, and the colours < c at (i, j): the whole causal past once L*p
+reaches the image size, with no blind spot. The output layers (relu, 1x1 'B', relu,
+1x1 'B' to channels * levels) work per position.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genfast.models.base import AutoregressiveImageModel, pointwise, run_masked
+from genfast.nn import MaskedConv2d
+from genfast.ops.masked_conv2d import MAX_KERNEL_SIZE
+
+
+def gate(pre: torch.Tensor, groups: int) -> torch.Tensor:
+    """tanh(a) * sigmoid(b) of a pre-activation (N, 2 * C, H, W) -> (N, C, H, W). Colour
+    group g owns the channel block g of both: a and b are its first and second half."""
+    n, c2, h, w = pre.shape
+    pre = pre.view(n, groups, 2, c2 // (2 * groups), h, w)
+    return (torch.tanh(pre[:, :, 0]) * torch.sigmoid(pre[:, :, 1])).reshape(n, c2 // 2, h, w)
+
+
+def shift_down(t: torch.Tensor) -> torch.Tensor:
+    """Row i of the result is row i - 1 of t (zeros in row 0)."""
+    return F.pad(t, (0, 0, 1, 0))[:, :, :-1]
+
+
+class GatedLayer(nn.Module):
+    """One layer of both stacks (see the module docstring for every convolution's
+    offsets). forward(v, h, labels, cond) -> (v, h, skip); v and h are None after the
+    last layer."""
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int, first: bool, last: bool,
+                 color_groups: int, num_classes: int | None, cond_channels: int, impl: str):
+        super().__init__()
+        self.first, self.last, self.color_groups = first, last, color_groups
+        self.pad = kernel_size // 2
+        pre = 2 * hidden
+        self.vertical_conv = nn.Conv2d(in_channels, pre, (self.pad + 1, kernel_size))
+        self.link = nn.Conv2d(pre, pre, 1)
+        self.horizontal_conv = MaskedConv2d(in_channels, pre, (1, kernel_size),
+                                            mask_type="A" if first else "B",
+                                            color_groups=color_groups, impl=impl)
+        self.horizontal_out = None if last else pointwise(hidden, hidden, color_groups, impl)
+        self.skip = pointwise(hidden, hidden, color_groups, impl)
+        conditional = num_classes is not None
+        self.class_vertical = nn.Embedding(num_classes, pre) if conditional else None
+        self.class_horizontal = nn.Embedding(num_classes, pre) if conditional else None
+        self.cond_vertical = nn.Conv2d(cond_channels, pre, 1) if cond_channels else None
+        self.cond_horizontal = nn.Conv2d(cond_channels, pre, 1) if cond_channels else None
+
+    def conditioning(self, embedding, conv, labels, cond, like: torch.Tensor):
+        """The class and spatial terms of one pre-activation (0 when unconditional)."""
+        term = 0
+        if embedding is not None:
+            term = embedding(labels).to(like.dtype)[:, :, None, None]
+        if conv is not None:
+            term = term + conv(cond)
+        return term
+
+    def forward(self, v, h, labels=None, cond=None):
+        p = self.pad
+        v_pre = self.vertical_conv(F.pad(v, (p, p, p, 0)))
+        v_pre = v_pre + self.conditioning(self.class_vertical, self.cond_vertical, labels, cond, v_pre)
+        h_pre = run_masked(self.horizontal_conv, h) + self.link(shift_down(v_pre))
+        h_pre = h_pre + self.conditioning(self.class_horizontal, self.cond_horizontal, labels, cond, h_pre)
+        gated = gate(h_pre, self.color_groups)
+        skip = run_masked(self.skip, gated)
+        if self.last:
+            return None, None, skip
+        h_out = run_masked(self.horizontal_out, gated)
+        if not self.first:
+            h_out = h_out + h
+        return gate(v_pre, 1), h_out, skip
+
+
+class GatedPixelCNN(AutoregressiveImageModel):
+    """Gated PixelCNN over `levels` values per sub-pixel; grey (channels=1) or RGB (3).
+
+    hidden: channels of each stack (a multiple of channels); num_layers >= 1;
+    kernel_size: odd, 3..11; num_classes: class conditioning (None for none);
+    cond_channels: channels of a spatial conditioning map (N, cond_channels, H, W) given
+    as `cond`, at the image's resolution (0 for none); embedding_dim: learned level embeddings instead of scaled
+    levels at the input; image_size: the default size of `sample`;
+    impl: "auto" | "ext" | "reference" for every masked layer.
+    """
+
+    def __init__(self, channels: int = 1, levels: int = 256, hidden: int = 64,
+                 num_layers: int = 8, kernel_size: int = 5, num_classes: int | None = None,
+                 cond_channels: int = 0, embedding_dim: int | None = None, image_size=28,
+                 impl: str = "auto"):
+        super().__init__(channels=channels, levels=levels, num_classes=num_classes,
+                         cond_channels=cond_channels, embedding_dim=embedding_dim,
+                         image_size=image_size, impl=impl)
+        if not isinstance(hidden, int) or hidden < 1 or hidden % channels:
+            raise ValueError(f"GatedPixelCNN: hidden must be a positive multiple of channels "
+                             f"({channels}), got {hidden!r}")
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"GatedPixelCNN: num_layers must be a positive int, got {num_layers!r}")
+        if (not isinstance(kernel_size, int) or kernel_size % 2 == 0
+                or not 3 <= kernel_size <= MAX_KERNEL_SIZE):
+            raise ValueError(f"GatedPixelCNN: kernel_size must be odd and between 3 and "
+                             f"{MAX_KERNEL_SIZE}, got {kernel_size!r}")
+        self.hidden, self.num_layers, self.kernel_size = hidden, num_layers, kernel_size
+        self.layers = nn.ModuleList(
+            GatedLayer(self.input_channels if i == 0 else hidden, hidden, kernel_size, i == 0,
+                       i == num_layers - 1, self.color_groups, num_classes, cond_channels, impl)
+            for i in range(num_layers))
+        self.output_hidden = pointwise(hidden, hidden, channels, impl)
+        self.output_conv = pointwise(hidden, channels * levels, channels, impl)
+
+    @property
+    def config(self) -> dict:
+        return dict(channels=self.channels, levels=self.levels, hidden=self.hidden,
+                    num_layers=self.num_layers, kernel_size=self.kernel_size,
+                    num_classes=self.num_classes, cond_channels=self.cond_channels,
+                    embedding_dim=self.embedding_dim, image_size=self.image_size, impl=self.impl)
+
+    def logits(self, features, labels=None, cond=None, *, last_row_only=False):
+        v = h = features
+        skips = 0
+        for layer in self.layers:
+            v, h, skip = layer(v, h, labels, cond)
+            skips = skips + skip
+        if last_row_only:
+            skips = skips[:, :, -1:]
+        out = run_masked(self.output_hidden, torch.relu(skips))
+        return self.output_logits(run_masked(self.output_conv, torch.relu(out)))
