@@ -2,22 +2,13 @@
 on scikit-learn's embedded 8x8 digits, resized, with a progress bar; writes an
 atomic checkpoint after every epoch (--resume continues exactly), a PNG of test
 images above their reconstructions, and reports codebook usage.
-
-The digits loader and PNG writer here are private to this command (a shared data
-module may replace them).
 """
 from __future__ import annotations
 
 import os
-import struct
-import sys
-import time
-import zlib
 
 import torch
 import torch.nn.functional as F
-
-TRAIN_IMAGES = 1500  # of the 1797 digits; the rest are the test set
 
 
 def add_commands(commands, train, sample) -> None:
@@ -43,64 +34,20 @@ def add_commands(commands, train, sample) -> None:
     p.set_defaults(func=train_vqvae)
 
 
-# -- data and images --------------------------------------------------------------
-def load_digits(size: int) -> torch.Tensor:
-    """The 1797 digits as (N, 1, size, size) float32 in [-1, 1], bilinearly resized."""
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError as exc:
-        raise SystemExit("genfast train vqvae needs scikit-learn for its digits data set: "
-                         "pip install scikit-learn") from exc
-    images = torch.tensor(sklearn_digits().images, dtype=torch.float32)[:, None] / 16.0
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    return images.clamp(0, 1) * 2 - 1
+def load_digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits' fixed (train, test) split (genfast.data) as float32 in [-1, 1]."""
+    from genfast.data import load_digits as digits
+
+    return tuple(part.images.float() * (2 / 255) - 1 for part in digits(size, levels=256))
 
 
-def write_png(path: str, pixels: torch.Tensor) -> None:
-    """An 8-bit greyscale PNG of pixels (H, W) in [0, 255], written atomically."""
-    height, width = pixels.shape
-    rows = pixels.to(torch.uint8).cpu().numpy()
-    raw = b"".join(b"\x00" + rows[y].tobytes() for y in range(height))  # filter 0 per row
+def save_images(path: str, rows: list[torch.Tensor]) -> None:
+    """Rows of as many images (N, 1, H, W) in [-1, 1] as one PNG."""
+    from genfast.data import save_grid
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(png)
-    os.replace(tmp, path)
-
-
-def image_grid(rows: list[torch.Tensor], scale: int = 2, gap: int = 2) -> torch.Tensor:
-    """Rows of (N, 1, H, W) images in [-1, 1] as one (H', W') uint8-valued image."""
-    n, _, h, w = rows[0].shape
-    grid = torch.full((len(rows) * (h + gap) + gap, n * (w + gap) + gap), 255.0)
-    for r, images in enumerate(rows):
-        for i in range(n):
-            y, x = gap + r * (h + gap), gap + i * (w + gap)
-            grid[y:y + h, x:x + w] = (images[i, 0].detach().cpu().clamp(-1, 1) + 1) * 127.5
-    return grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1).round()
-
-
-class Progress:
-    """A one-line progress bar on stderr: label, bar, count, running metrics."""
-
-    def __init__(self, total: int, label: str, width: int = 24):
-        self.total, self.label, self.width, self.done = total, label, width, 0
-        self.start = time.perf_counter()
-
-    def update(self, **metrics: float) -> None:
-        self.done += 1
-        filled = self.width * self.done // max(1, self.total)
-        text = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        rate = self.done / max(1e-9, time.perf_counter() - self.start)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                         f"{self.done}/{self.total} {text} ({rate:.1f} it/s)")
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    images = torch.cat(rows).detach().cpu()
+    levels = torch.round((images.clamp(-1, 1) + 1) * 127.5).long()
+    save_grid(levels, 256, path, ncol=rows[0].shape[0], scale=2)
 
 
 # -- training ---------------------------------------------------------------------
@@ -131,12 +78,6 @@ def level_outputs(out) -> dict:
     return {"codes": out.vq} if hasattr(out, "vq") else {"top": out.top, "bottom": out.bottom}
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash leaves the previous checkpoint intact
-
-
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, batch_size: int) -> tuple[float, dict]:
     """Test MSE, and per level: codes used, their share and the perplexity of usage."""
@@ -158,14 +99,17 @@ def evaluate(model, images: torch.Tensor, batch_size: int) -> tuple[float, dict]
 
 
 def train_vqvae(args) -> int:
+    from tqdm import tqdm
+
+    from genfast.train import save_checkpoint
+
     if args.epochs < 1 or args.batch_size < 1 or args.size < 4 or args.size % 4:
         raise SystemExit("need --epochs >= 1, --batch-size >= 1 and --size a positive multiple of 4")
     os.makedirs(args.out, exist_ok=True)
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    images = load_digits(args.size)
-    train_images, test_images = images[:TRAIN_IMAGES], images[TRAIN_IMAGES:]
+    train_images, test_images = load_digits(args.size)
     if args.limit is not None:
         train_images = train_images[:args.limit]
     train_images, test_images = train_images.to(device), test_images.to(device)
@@ -184,24 +128,28 @@ def train_vqvae(args) -> int:
         optimizer.load_state_dict(state["optimizer"])
         shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         first_epoch = state["epoch"] + 1
         print(f"resumed from {checkpoint_path} after epoch {first_epoch}")
     steps = (len(train_images) + args.batch_size - 1) // args.batch_size
     model.train()
     for epoch in range(first_epoch, args.epochs):
-        progress = Progress(steps, f"epoch {epoch + 1}/{args.epochs}")
         order = torch.randperm(len(train_images), generator=shuffle).to(device)
-        for step in range(steps):
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{args.epochs}", unit="step")
+        for step in bar:
             batch = train_images[order[step * args.batch_size:(step + 1) * args.batch_size]]
             loss, out = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            usage = {f"{name} ppl": vq.perplexity.item() for name, vq in level_outputs(out).items()}
-            progress.update(loss=loss.item(), **usage)
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-            "config": config, "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state()})
+            perplexity = {f"{name} ppl": f"{vq.perplexity.item():.1f}" for name, vq in level_outputs(out).items()}
+            bar.set_postfix(loss=f"{loss.item():.4f}", **perplexity)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "config": config, "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state()}
+        if device.type == "cuda":  # dead-code restarts draw on the device's generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(checkpoint_path, state)
     mse, usage = evaluate(model, test_images, args.batch_size)
     print(f"test reconstruction MSE {mse:.4f} (images in [-1, 1])")
     for name, (used, total, perplexity) in usage.items():
@@ -212,6 +160,6 @@ def train_vqvae(args) -> int:
         shown = test_images[:12]
         reconstruction = model(shown).reconstruction
     png = os.path.join(args.out, "reconstructions.png")
-    write_png(png, image_grid([shown, reconstruction]))
+    save_images(png, [shown, reconstruction])
     print(f"wrote {png} (top: test images, bottom: reconstructions) and {checkpoint_path}")
     return 0

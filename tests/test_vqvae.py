@@ -78,12 +78,12 @@ def png_size(path):
 def test_train_command(tmp_path, capsys, levels):
     run_cli(tmp_path, "--epochs", "1", "--levels", levels)
     captured = capsys.readouterr()
-    assert "epoch 1/1 [" in captured.err and "2/2" in captured.err  # the progress bar
+    assert "epoch 1/1" in captured.err and "2/2" in captured.err  # the progress bar
     names = ["codes"] if levels == "1" else ["top", "bottom"]
     for name in names:
         assert f"codebook usage ({name}): " in captured.out and "/16 codes used" in captured.out
     width, height = png_size(tmp_path / "reconstructions.png")
-    assert (width, height) == (2 * (12 * 18 + 2), 2 * (2 * 18 + 2))  # 12 images, 2 rows, gap 2, x2
+    assert (width, height) == (12 * 33 + 1, 2 * 33 + 1)  # 12 images of 16 x 16, 2 rows, x2, gap 1
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "reconstructions.png"]  # no temp files
 
 
