@@ -158,6 +158,7 @@ def test_critic_step(benchmark, bench_device, quick, impl, kind, resolution):
     step()
     record(benchmark, f"critic step {kind} DCGAN {resolution}x{resolution} b{BATCH} fp32 {bench_device}", impl,
            baseline=impl == "reference")
+    critic.zero_grad(set_to_none=True)  # the step allocates its gradients afresh inside the measurement
     benchmark.extra_info["peak_mb"] = round(peak_memory_mb(step, bench_device), 2)
     if bench_device == "cuda":
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()

@@ -25,4 +25,12 @@ TORCH_LIBRARY(genfast, m) {
   // Per-code counts (K) int64 and sums (K, D) of the rows of x (N, D) assigned to each
   // code by indices (N), for EMA codebook updates; see code_statistics.h.
   m.def("code_statistics(Tensor x, Tensor indices, int num_codes) -> (Tensor, Tensor)");
+  // One cached sampling step of a WaveNet (layout in csrc/wavenet_step.h): reads the
+  // previous samples, updates the per-layer ring buffers in `cache`, returns the
+  // step's logits (N, levels) and writes the drawn samples into column `step`.
+  m.def("wavenet_step(Tensor(a!) samples, Tensor(b!) cache, Tensor uniforms, int step, "
+        "int known_steps, float temperature, Tensor input_weight, Tensor input_bias, "
+        "Tensor dilated_weight, Tensor gate_bias, Tensor out_weight, Tensor out_bias, "
+        "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2, "
+        "int[] dilations) -> Tensor");
 }

@@ -13,7 +13,8 @@ import json
 import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
-COMMAND_MODULES: list[str] = ["genfast.cli_models", "genfast.cli_gan", "genfast.cli_vq"]
+COMMAND_MODULES: list[str] = ["genfast.cli_models", "genfast.cli_gan", "genfast.cli_vq",
+                              "genfast.cli_wavenet"]
 
 
 def _info(args) -> int:
@@ -35,9 +36,10 @@ def _info(args) -> int:
         print(f"problem: {info['extension_problem']}")
     print(f"GENFAST_IMPL: {info['forced_impl']}; CUDA device visible: {info['cuda_available']}")
     print("what impl='auto' runs:")
+    width = max(map(len, info["ops"]))
     for op, per_device in info["ops"].items():
         for device, choice in per_device.items():
-            print(f"  {op:<24} {device:<5} {choice}")
+            print(f"  {op:<{width}} {device:<5} {choice}")
     return 0
 
 

@@ -317,7 +317,8 @@ void nearest_code_kernel(const scalar_t* x, int64_t n, const scalar_t* codes,
         int64_t code = tile_best.index[r];
         if (!filter_is_certain(best, static_cast<double>(tile_best.second[r]), tolerance)) {
           for (int64_t d = 0; d < dim; ++d) x_row[d] = xt[d * kTileRows + r];
-          code = resolve_exactly(row, scale[r], x_row.data(), codes, cb, best + 2.0 * tolerance);
+          const int64_t exact = resolve_exactly(row, scale[r], x_row.data(), codes, cb, best + 2.0 * tolerance);
+          if (exact >= 0) code = exact;  // (the exact winner is always a candidate)
         }
         indices[row0 + r] = code;
         sq_dist[row0 + r] = static_cast<out_t>(

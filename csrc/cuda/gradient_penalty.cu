@@ -45,6 +45,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t end = min(begin + kPenaltyChunk, sample_size);
     const scalar_t* x = grad + sample * sample_size;
     acc_t sum = 0;
+#pragma unroll 4
     for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
       const acc_t v = static_cast<acc_t>(x[j]);
       sum += v * v;
@@ -95,6 +96,7 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t b = grad_norms != nullptr ? grad_norms[sample] : acc_t(0);
     const acc_t scale = penalty_backward_scale(a, b, norms[sample], center, one_sided);
     const int64_t offset = sample * sample_size;
+#pragma unroll 4
     for (int64_t j = offset + begin + threadIdx.x; j < offset + end; j += kThreads) {
       out[j] = static_cast<scalar_t>(scale * static_cast<acc_t>(grad[j]));
     }
@@ -111,6 +113,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t end = min(begin + kPenaltyChunk, sample_size);
     const acc_t e = static_cast<acc_t>(eps[sample]);
     const int64_t offset = sample * sample_size;
+#pragma unroll 4
     for (int64_t j = offset + begin + threadIdx.x; j < offset + end; j += kThreads) {
       out[j] = static_cast<scalar_t>(
           interpolate(static_cast<acc_t>(real[j]), static_cast<acc_t>(fake[j]), e));
@@ -133,6 +136,7 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t e = static_cast<acc_t>(eps[sample]);
     const int64_t offset = sample * sample_size;
     acc_t sum = 0;
+#pragma unroll 4
     for (int64_t j = offset + begin + threadIdx.x; j < offset + end; j += kThreads) {
       const acc_t g = static_cast<acc_t>(grad[j]);
       grad_real[j] = static_cast<scalar_t>(e * g);

@@ -242,7 +242,8 @@ __global__ void finish_kernel(const scalar_t* __restrict__ x, const double* __re
           lane_code = other_code;
         }
       }
-      chosen = __shfl_sync(0xffffffffu, static_cast<long long>(lane_code), 0);
+      const long long winner = __shfl_sync(0xffffffffu, static_cast<long long>(lane_code), 0);
+      if (winner >= 0) chosen = winner;  // (the exact winner is always a candidate)
     }
     if (lane == 0) {
       indices[row] = chosen;

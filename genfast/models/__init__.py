@@ -1,5 +1,5 @@
 """Generative models built from genfast's layers: PixelCNN and Gated PixelCNN
-(autoregressive image models), VQ-VAE and VQ-VAE-2.
+(autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2.
 
 The autoregressive models take integer images (N, channels, H, W) in [0, levels):
 model(x) gives logits (N, levels, channels, H, W), model.loss(x) the mean NLL in nats,
@@ -15,6 +15,7 @@ from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
 from genfast.models.pixelcnn import PixelCNN
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
 from genfast.models.vqvae import VQVAE, VQVAE2
+from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode, mu_law_encode
 
 # CLI names of the autoregressive models.
 MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
@@ -39,5 +40,5 @@ def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
 
 
 __all__ = ["AutoregressiveImageModel", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "VQVAE",
-           "VQVAE2", "build_model", "inverse_cdf", "load_model", "model_name", "nll",
-           "sampling_uniforms"]
+           "VQVAE2", "WaveNet", "build_model", "dilation_cycles", "inverse_cdf", "load_model",
+           "model_name", "mu_law_decode", "mu_law_encode", "nll", "sampling_uniforms"]

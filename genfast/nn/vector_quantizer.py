@@ -218,8 +218,7 @@ class VectorQuantizer(nn.Module):
 
     # -- forward ------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> VQOutput:
-        flat_in = self._flatten(z)
-        flat = flat_in.to(self.codebook.dtype)
+        flat = self._flatten(z).to(self.codebook.dtype)
         if self.cosine:
             flat = F.normalize(flat, dim=1)
         if self.training and not bool(self.initialized):
@@ -234,8 +233,9 @@ class VectorQuantizer(nn.Module):
             out = rotate_to(flat, quantized.detach())
         else:
             out = quantized.detach() + (flat - flat.detach())  # exactly the codes forward
-        counts = self._update(flat.detach(), indices) if self.training else None
-        if counts is None:  # (a static-shape bincount, so that torch.compile keeps one graph)
+        if self.training:
+            counts = self._update(flat.detach(), indices)
+        else:  # a static-shape bincount, so that torch.compile keeps one graph
             counts = torch.zeros(self.num_codes, dtype=torch.long, device=indices.device)
             counts.scatter_add_(0, indices, torch.ones_like(indices))
         probs = counts.to(torch.float32) / max(1, indices.numel())
@@ -277,9 +277,10 @@ class VectorQuantizer(nn.Module):
             if self.ema:
                 self.embed_avg.copy_(centres)
         if world > 1:
+            group = self.process_group
+            source = 0 if group is None else dist.get_global_rank(group, 0)
             for tensor in self._synced_state():
-                dist.broadcast(tensor, src=dist.get_global_rank(self.process_group, 0)
-                               if self.process_group is not None else 0, group=self.process_group)
+                dist.broadcast(tensor, src=source, group=group)
         self.initialized.fill_(True)
 
     def _synced_state(self) -> list[torch.Tensor]:

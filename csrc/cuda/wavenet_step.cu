@@ -1,0 +1,428 @@
+// wavenet_step on CUDA: the whole step in ONE cooperative (persistent) kernel launch.
+// The step is a chain of phases — the input layer, then per layer the gated
+// dilated convolution and the residual + skip 1x1s, then the two head layers and
+// the inverse-CDF draw — separated by grid-wide barriers; every phase splits its
+// outputs into tiles of 8 sequences x 32 columns that the resident blocks take in
+// turn. In a tile each lane owns one output column (coalesced weight reads), the 8
+// warps split the reduction and add their partial sums in shared memory in warp
+// order, so results are deterministic. Devices without cooperative launch get one
+// launch per phase instead (the same kernel, one phase at a time).
+#include <atomic>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
+#include <torch/library.h>
+
+#include "../wavenet_step.h"
+
+namespace genfast {
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTileRows = 8;   // sequences per tile
+constexpr int kTileCols = 32;  // output columns per tile, one per lane
+
+template <typename T>
+struct Params {
+  int64_t* samples;
+  T* cache;
+  const double* uniforms;
+  const T *input_weight, *input_bias, *dilated_weight, *gate_bias, *out_weight, *out_bias;
+  const T *head_weight1, *head_bias1, *head_weight2, *head_bias2;
+  T* gated;   // (N, G/2): the current layer's gated units
+  T* skip;    // (N, S): the running sum of the skip outputs
+  T* hidden;  // (N, H): the head's hidden layer
+  T* logits;  // (N, levels)
+  int batch, length, residual, gate_half, skip_channels, head, levels, kernel_size, input_kernel_size;
+  int layers, slots, residual_skip;  // residual_skip = R + S
+  bool gate_bias_per_sequence;
+  int64_t step, known_steps;
+  double temperature;
+  int dilation[kWaveNetMaxLayers];
+  int offset[kWaveNetMaxLayers];
+  int ring_length[kWaveNetMaxLayers];
+};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T>
+__device__ __forceinline__ T* layer_input(const Params<T>& p, int64_t n, int layer, int64_t time) {
+  const int64_t slot = p.offset[layer] + wavenet_ring_slot(time, p.ring_length[layer]);
+  return p.cache + (n * p.slots + slot) * p.residual;
+}
+
+// One tile of a product: out[r][c] = sum over kk < kdim of x(n0 + r, kk) * w[kk * ldw + column c
+// of this lane] for the lane's NC columns (col, col + second), rows n0 + r < batch. Returns,
+// for the thread's (row = threadIdx.x / 32, lane = threadIdx.x % 32), the NC sums over the
+// warps (zero for rows past the batch).
+template <typename T, int NC, typename Input>
+__device__ void tile_product(const Input& x, int kdim, const T* __restrict__ w, int ldw, int col,
+                             int second, bool col_ok, int n0, int batch,
+                             T (*partial)[kTileRows][NC][kTileCols], T (&sum)[NC]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunk = (kdim + kWarps - 1) / kWarps;
+  const int k_begin = warp * chunk, k_end = min(kdim, k_begin + chunk);
+  const int rows = min(kTileRows, batch - n0);  // the same in the whole block
+  T acc[kTileRows][NC];
+#pragma unroll
+  for (int r = 0; r < kTileRows; ++r)
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[r][c] = T(0);
+  if (col_ok) {
+    for (int kk = k_begin; kk < k_end; ++kk) {
+      T wv[NC];
+      wv[0] = w[int64_t(kk) * ldw + col];
+      if constexpr (NC == 2) wv[1] = w[int64_t(kk) * ldw + col + second];
+#pragma unroll
+      for (int r = 0; r < kTileRows; ++r) {
+        if (r < rows) {
+          const T xv = x(n0 + r, kk);
+#pragma unroll
+          for (int c = 0; c < NC; ++c) acc[r][c] += xv * wv[c];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kTileRows; ++r)
+#pragma unroll
+    for (int c = 0; c < NC; ++c) partial[warp][r][c][lane] = acc[r][c];
+  __syncthreads();
+  const int row = threadIdx.x / 32;
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    T total = T(0);
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) total += partial[v][row][c][lane];
+    sum[c] = total;
+  }
+  __syncthreads();  // the shared buffer is reused by the next tile
+}
+
+// Phase 0: the input layer writes layer 0's input at time t; the skip sums start at zero.
+template <typename T>
+__device__ void input_phase(const Params<T>& p) {
+  const int64_t threads = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t i = first; i < int64_t(p.batch) * p.residual; i += threads) {
+    const int64_t n = i / p.residual;
+    const int c = static_cast<int>(i % p.residual);
+    T h = p.input_bias[c];
+    for (int j = 0; j < p.input_kernel_size; ++j) {
+      const int64_t column = p.step - p.input_kernel_size + j;
+      if (column < 0) continue;
+      const int64_t level = p.samples[n * p.length + column];
+      CUDA_KERNEL_ASSERT(level >= -1 && level < p.levels);
+      if (level < 0 || level >= p.levels) continue;  // -1: a failed draw, adds nothing
+      h += p.input_weight[(int64_t(j) * p.levels + level) * p.residual + c];
+    }
+    layer_input(p, n, 0, p.step)[c] = h;
+  }
+  for (int64_t i = first; i < int64_t(p.batch) * p.skip_channels; i += threads) p.skip[i] = T(0);
+}
+
+template <typename T>
+struct TapInput {  // x(n, kk) of layer l's dilated convolution: tap kk / R, channel kk % R
+  const Params<T>* p;
+  int layer;
+  __device__ T operator()(int n, int kk) const {
+    const int j = kk / p->residual, r = kk - j * p->residual;
+    const int64_t time = p->step - int64_t(p->kernel_size - 1 - j) * p->dilation[layer];
+    return layer_input(*p, n, layer, time)[r];
+  }
+};
+
+template <typename T>
+struct RowInput {  // x(n, kk) = rows[n * width + kk], optionally through a relu
+  const T* rows;
+  int width;
+  bool relu;
+  __device__ T operator()(int n, int kk) const {
+    const T v = rows[int64_t(n) * width + kk];
+    return relu ? wavenet_relu(v) : v;
+  }
+};
+
+// Tiles of a phase: (column tiles) x (row tiles), taken by the blocks in turn.
+__device__ __forceinline__ void tile_coordinates(int tile, int columns, int& n0, int& col) {
+  const int column_tiles = (columns + kTileCols - 1) / kTileCols;
+  n0 = (tile / column_tiles) * kTileRows;
+  col = (tile % column_tiles) * kTileCols + threadIdx.x % 32;
+}
+
+__device__ __forceinline__ int tile_count(int columns, int batch) {
+  return ((columns + kTileCols - 1) / kTileCols) * ((batch + kTileRows - 1) / kTileRows);
+}
+
+template <typename T>
+__device__ void gate_phase(const Params<T>& p, int layer, T (*partial)[kTileRows][2][kTileCols]) {
+  const int G = 2 * p.gate_half;
+  const T* w = p.dilated_weight + int64_t(layer) * p.kernel_size * p.residual * G;
+  const TapInput<T> x{&p, layer};
+  for (int tile = blockIdx.x; tile < tile_count(p.gate_half, p.batch); tile += gridDim.x) {
+    int n0, col;
+    tile_coordinates(tile, p.gate_half, n0, col);
+    const bool col_ok = col < p.gate_half;
+    T z[2];
+    tile_product<T, 2>(x, p.kernel_size * p.residual, w, G, col, p.gate_half, col_ok, n0, p.batch,
+                       partial, z);
+    const int n = n0 + static_cast<int>(threadIdx.x / 32);
+    if (col_ok && n < p.batch) {
+      const T* gb = p.gate_bias + (int64_t(p.gate_bias_per_sequence ? n : 0) * p.layers + layer) * G;
+      p.gated[int64_t(n) * p.gate_half + col] = wavenet_gate(z[0] + gb[col], z[1] + gb[p.gate_half + col]);
+    }
+  }
+}
+
+template <typename T>
+__device__ void residual_skip_phase(const Params<T>& p, int layer, T (*partial)[kTileRows][1][kTileCols]) {
+  const bool last = layer == p.layers - 1;
+  const int first_col = last ? p.residual : 0;  // the last layer's residual is never used
+  const int columns = p.residual_skip - first_col;
+  const T* w = p.out_weight + int64_t(layer) * p.gate_half * p.residual_skip + first_col;
+  const T* bias = p.out_bias + int64_t(layer) * p.residual_skip + first_col;
+  const RowInput<T> x{p.gated, p.gate_half, false};
+  for (int tile = blockIdx.x; tile < tile_count(columns, p.batch); tile += gridDim.x) {
+    int n0, col;
+    tile_coordinates(tile, columns, n0, col);
+    const bool col_ok = col < columns;
+    T y[1];
+    tile_product<T, 1>(x, p.gate_half, w, p.residual_skip, col, 0, col_ok, n0, p.batch, partial, y);
+    const int n = n0 + static_cast<int>(threadIdx.x / 32);
+    if (col_ok && n < p.batch) {
+      const T v = y[0] + bias[col];
+      const int o = first_col + col;
+      if (o < p.residual) {
+        layer_input(p, n, layer + 1, p.step)[o] = layer_input(p, n, layer, p.step)[o] + v;
+      } else {
+        p.skip[int64_t(n) * p.skip_channels + (o - p.residual)] += v;
+      }
+    }
+  }
+}
+
+// out[n, o] = epilogue(bias[o] + sum_k x(n, k) w[k, o]) for the head's layers.
+template <typename T>
+__device__ void dense_phase(const Params<T>& p, const RowInput<T>& x, int kdim, const T* w,
+                            const T* bias, int columns, bool relu, T* out,
+                            T (*partial)[kTileRows][1][kTileCols]) {
+  for (int tile = blockIdx.x; tile < tile_count(columns, p.batch); tile += gridDim.x) {
+    int n0, col;
+    tile_coordinates(tile, columns, n0, col);
+    const bool col_ok = col < columns;
+    T y[1];
+    tile_product<T, 1>(x, kdim, w, columns, col, 0, col_ok, n0, p.batch, partial, y);
+    const int n = n0 + static_cast<int>(threadIdx.x / 32);
+    if (col_ok && n < p.batch) {
+      const T v = y[0] + bias[col];
+      out[int64_t(n) * columns + col] = relu ? wavenet_relu(v) : v;
+    }
+  }
+}
+
+// One warp per sequence: the inverse-CDF draw over the levels (see wavenet_step.h). Each
+// lane sums a contiguous run of levels; a warp scan of the run sums gives the CDF.
+template <typename T>
+__device__ void draw_phase(const Params<T>& p) {
+  if (p.step < p.known_steps) return;
+  const int lane = threadIdx.x % 32;
+  const int warps = gridDim.x * kWarps;
+  const int per_lane = (p.levels + 31) / 32;
+  const int begin = min(p.levels, lane * per_lane), end = min(p.levels, begin + per_lane);
+  constexpr unsigned kAll = 0xffffffffu;
+  for (int n = blockIdx.x * kWarps + threadIdx.x / 32; n < p.batch; n += warps) {
+    const T* logits = p.logits + int64_t(n) * p.levels;
+    bool finite = true;
+    double z_max = -INFINITY;
+    for (int i = begin; i < end; ++i) {
+      const double v = static_cast<double>(logits[i]);
+      finite = finite && isfinite(v);
+      z_max = fmax(z_max, wavenet_tempered_logit(v, p.temperature));
+    }
+    finite = __all_sync(kAll, finite);
+    for (int s = 16; s > 0; s /= 2) z_max = fmax(z_max, __shfl_xor_sync(kAll, z_max, s));
+    double run = 0;
+    for (int i = begin; i < end; ++i) {
+      run += exp(wavenet_tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
+    }
+    double scan = run;  // inclusive prefix sum of the lanes' runs
+    for (int s = 1; s < 32; s *= 2) {
+      const double other = __shfl_up_sync(kAll, scan, s);
+      if (lane >= s) scan += other;
+    }
+    const double total = __shfl_sync(kAll, scan, 31);
+    const double threshold = p.uniforms[p.step * p.batch + n] * total;
+    double cdf = scan - run;
+    int count = 0;
+    for (int i = begin; i < end; ++i) {
+      cdf += exp(wavenet_tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
+      count += cdf <= threshold ? 1 : 0;
+    }
+    for (int s = 16; s > 0; s /= 2) count += __shfl_xor_sync(kAll, count, s);
+    if (lane == 0) {
+      p.samples[int64_t(n) * p.length + p.step] = finite ? wavenet_clamp_level(count, p.levels) : -1;
+    }
+  }
+}
+
+// Phases: 0 input; 1 + 2l gate of layer l; 2 + 2l residual/skip of layer l; then the two
+// head layers and the draw. Runs phases [phase_begin, phase_end) with a grid barrier
+// between them (only in a cooperative launch, where phase_end - phase_begin > 1).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    wavenet_step_kernel(const Params<T> p, int phase_begin, int phase_end) {
+  __shared__ T partial[kWarps][kTileRows][2][kTileCols];
+  auto* partial1 = reinterpret_cast<T(*)[kTileRows][1][kTileCols]>(&partial[0][0][0][0]);
+  for (int phase = phase_begin; phase < phase_end; ++phase) {
+    if (phase == 0) {
+      input_phase(p);
+    } else if (phase <= 2 * p.layers) {
+      const int layer = (phase - 1) / 2;
+      if (phase % 2 == 1) {
+        gate_phase(p, layer, partial);
+      } else {
+        residual_skip_phase(p, layer, partial1);
+      }
+    } else if (phase == 2 * p.layers + 1) {
+      dense_phase(p, RowInput<T>{p.skip, p.skip_channels, true}, p.skip_channels, p.head_weight1,
+                  p.head_bias1, p.head, true, p.hidden, partial1);
+    } else if (phase == 2 * p.layers + 2) {
+      dense_phase(p, RowInput<T>{p.hidden, p.head, false}, p.head, p.head_weight2, p.head_bias2,
+                  p.levels, false, p.logits, partial1);
+    } else {
+      draw_phase(p);
+    }
+    if (phase + 1 < phase_end) cg::this_grid().sync();
+  }
+}
+
+// How many blocks of the kernel can be resident at once on `device` (0 when the device
+// cannot launch cooperative kernels), looked up once per device.
+template <typename T>
+int resident_blocks(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices];  // resident blocks + 1; 0: not looked up yet
+  if (device < kMaxDevices && known[device].load() > 0) return known[device].load() - 1;
+  int cooperative = 0, sms = 0, blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, wavenet_step_kernel<T>,
+                                                               kThreads, 0));
+  const int blocks = cooperative ? blocks_per_sm * sms : 0;
+  if (device < kMaxDevices) known[device].store(blocks + 1);
+  return blocks;
+}
+
+template <typename T>
+void launch(const Params<T>& p, int max_tiles, const at::Tensor& like) {
+  const int phases = 2 * p.layers + 4;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int resident = resident_blocks<T>(like.get_device());
+  if (resident > 0) {
+    // Every block must be resident for the grid barrier.
+    const int grid = std::max(1, std::min(max_tiles, resident));
+    int begin = 0, end = phases;
+    void* args[] = {const_cast<Params<T>*>(&p), &begin, &end};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(wavenet_step_kernel<T>),
+                                               dim3(grid), dim3(kThreads), args, 0, stream));
+    return;
+  }
+  const int grid = std::max(1, std::min(max_tiles, 65535));
+  for (int phase = 0; phase < phases; ++phase) {
+    wavenet_step_kernel<T><<<grid, kThreads, 0, stream>>>(p, phase, phase + 1);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+at::Tensor wavenet_step_cuda(at::Tensor& samples, at::Tensor& cache, const at::Tensor& uniforms,
+                             int64_t step, int64_t known_steps, double temperature,
+                             const at::Tensor& input_weight, const at::Tensor& input_bias,
+                             const at::Tensor& dilated_weight, const at::Tensor& gate_bias,
+                             const at::Tensor& out_weight, const at::Tensor& out_bias,
+                             const at::Tensor& head_weight1, const at::Tensor& head_bias1,
+                             const at::Tensor& head_weight2, const at::Tensor& head_bias2,
+                             at::IntArrayRef dilations) {
+  const WaveNetStepShape s = check_wavenet_step(
+      samples, cache, uniforms, step, known_steps, temperature, input_weight, input_bias,
+      dilated_weight, gate_bias, out_weight, out_bias, head_weight1, head_bias1, head_weight2,
+      head_bias2, dilations);
+  TORCH_CHECK(cache.is_cuda(), "wavenet_step: cache must be a CUDA tensor, got ", cache.device());
+  TORCH_CHECK(s.batch <= kMaxIndex32 && s.length <= kMaxIndex32 && s.levels <= kMaxIndex32 &&
+                  s.gate <= kMaxIndex32 && s.residual + s.skip <= kMaxIndex32 && s.head <= kMaxIndex32,
+              "wavenet_step: sizes must fit 32-bit integers");
+  const c10::cuda::CUDAGuard guard(cache.device());
+  at::Tensor samples_c = samples.contiguous(), cache_c = cache.contiguous();
+  const at::Tensor weights[] = {input_weight.contiguous(), input_bias.contiguous(),
+                                dilated_weight.contiguous(), gate_bias.contiguous(),
+                                out_weight.contiguous(), out_bias.contiguous(),
+                                head_weight1.contiguous(), head_bias1.contiguous(),
+                                head_weight2.contiguous(), head_bias2.contiguous()};
+  const at::Tensor uniforms_c = uniforms.contiguous();
+  at::Tensor logits = at::empty({s.batch, s.levels}, cache.options());
+  at::Tensor scratch = at::empty({s.batch, s.gate_half + s.skip + s.head}, cache.options());
+  int max_tiles = 1;
+  for (int64_t columns : {s.gate_half, s.residual + s.skip, s.head, s.levels}) {
+    max_tiles = std::max<int>(max_tiles, static_cast<int>(ceil_div(columns, kTileCols) *
+                                                          ceil_div(s.batch, kTileRows)));
+  }
+  AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "wavenet_step_cuda", [&] {
+    Params<scalar_t> p{};
+    p.samples = samples_c.mutable_data_ptr<int64_t>();
+    p.cache = cache_c.mutable_data_ptr<scalar_t>();
+    p.uniforms = uniforms_c.const_data_ptr<double>();
+    p.input_weight = weights[0].const_data_ptr<scalar_t>();
+    p.input_bias = weights[1].const_data_ptr<scalar_t>();
+    p.dilated_weight = weights[2].const_data_ptr<scalar_t>();
+    p.gate_bias = weights[3].const_data_ptr<scalar_t>();
+    p.out_weight = weights[4].const_data_ptr<scalar_t>();
+    p.out_bias = weights[5].const_data_ptr<scalar_t>();
+    p.head_weight1 = weights[6].const_data_ptr<scalar_t>();
+    p.head_bias1 = weights[7].const_data_ptr<scalar_t>();
+    p.head_weight2 = weights[8].const_data_ptr<scalar_t>();
+    p.head_bias2 = weights[9].const_data_ptr<scalar_t>();
+    p.gated = scratch.mutable_data_ptr<scalar_t>();
+    p.skip = p.gated + s.batch * s.gate_half;
+    p.hidden = p.skip + s.batch * s.skip;
+    p.logits = logits.mutable_data_ptr<scalar_t>();
+    p.batch = static_cast<int>(s.batch);
+    p.length = static_cast<int>(s.length);
+    p.residual = static_cast<int>(s.residual);
+    p.gate_half = static_cast<int>(s.gate_half);
+    p.skip_channels = static_cast<int>(s.skip);
+    p.head = static_cast<int>(s.head);
+    p.levels = static_cast<int>(s.levels);
+    p.kernel_size = static_cast<int>(s.kernel_size);
+    p.input_kernel_size = static_cast<int>(s.input_kernel_size);
+    p.layers = static_cast<int>(s.layers);
+    p.slots = static_cast<int>(s.slots);
+    p.residual_skip = static_cast<int>(s.residual + s.skip);
+    p.gate_bias_per_sequence = s.gate_bias_per_sequence;
+    p.step = step;
+    p.known_steps = known_steps;
+    p.temperature = temperature;
+    for (int64_t l = 0; l < s.layers; ++l) {
+      p.dilation[l] = static_cast<int>(s.dilation[l]);
+      p.offset[l] = static_cast<int>(s.offset[l]);
+      p.ring_length[l] = static_cast<int>(s.ring_length[l]);
+    }
+    launch(p, max_tiles, cache_c);
+  });
+  if (!samples_c.is_same(samples)) samples.copy_(samples_c);
+  if (!cache_c.is_same(cache)) cache.copy_(cache_c);
+  return logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genfast, CUDA, m) {
+  m.impl("wavenet_step", &wavenet_step_cuda);
+}
+
+}  // namespace genfast

@@ -1,0 +1,85 @@
+// wavenet_step: one cached sampling step of a WaveNet — what the CPU and CUDA
+// kernels share: the per-element math (gate, ring-buffer slots, the inverse-CDF
+// draw), the layout of the cache and of the packed weights, and the argument checks.
+//
+// Layout (built once per sampling call by genfast.models.WaveNet):
+//   samples         (N, T) int64     generated and prefix samples; step t reads
+//                                    samples[:, t - k_in .. t - 1] and writes column t
+//   cache           (N, slots, R)    one ring buffer per layer of its last
+//                                    (k - 1) * dilation + 1 residual inputs; layer l
+//                                    owns slots [offset_l, offset_l + length_l) and
+//                                    keeps time t in slot offset_l + t % length_l
+//   uniforms        (T, N) float64   one uniform per step per sequence
+//   input_weight    (k_in, levels, R)   the one-hot input convolution, tap-major
+//   input_bias      (R)
+//   dilated_weight  (L, k * R, G)    row j * R + r: tap j (input t - (k - 1 - j) * d),
+//                                    channel r; columns [0, G/2) tanh, [G/2, G) sigmoid
+//   gate_bias       (1 or N, L, G)   the dilated conv's bias plus global conditioning
+//   out_weight      (L, G/2, R + S)  residual 1x1 (columns [0, R)) | skip 1x1 ([R, R + S))
+//   out_bias        (L, R + S)       (the last layer's residual columns are unused)
+//   head_weight1    (S, H), head_bias1 (H), head_weight2 (H, levels), head_bias2 (levels)
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "common.h"
+
+namespace genfast {
+
+// The CUDA kernel receives the layer table by value in its parameters.
+constexpr int kWaveNetMaxLayers = 256;
+
+// tanh(zt) * sigmoid(zs): WaveNet's gated activation unit.
+template <typename T>
+GENFAST_HOST_DEVICE inline T wavenet_gate(T zt, T zs) {
+  using std::exp;
+  using std::tanh;
+  return tanh(zt) * (T(1) / (T(1) + exp(-zs)));
+}
+
+template <typename T>
+GENFAST_HOST_DEVICE inline T wavenet_relu(T x) {
+  return x > T(0) ? x : T(0);
+}
+
+// Ring-buffer slot (relative to the layer's offset) that holds time `time` (may be
+// negative: times before the start are zeros never written) in a ring of `length`.
+GENFAST_HOST_DEVICE inline int64_t wavenet_ring_slot(int64_t time, int64_t length) {
+  const int64_t slot = time % length;
+  return slot < 0 ? slot + length : slot;
+}
+
+// The inverse-CDF draw, shared with genfast.ops.wavenet_step.draw_from_logits: in
+// float64, z = logit / temperature and w = exp(z - max z); the drawn level is the
+// number of levels whose running sum of w is <= u * (sum of all w), clamped to
+// levels - 1 against rounding at u -> 1.
+GENFAST_HOST_DEVICE inline double wavenet_tempered_logit(double logit, double temperature) {
+  return logit / temperature;
+}
+
+GENFAST_HOST_DEVICE inline int64_t wavenet_clamp_level(int64_t count, int64_t levels) {
+  return count < levels ? count : levels - 1;
+}
+
+// Sizes of one step, read from the arguments by check_wavenet_step.
+struct WaveNetStepShape {
+  int64_t batch, length, residual, gate, gate_half, skip, head, levels;
+  int64_t kernel_size, input_kernel_size, layers, slots;
+  bool gate_bias_per_sequence;
+  std::vector<int64_t> dilation, offset, ring_length;  // per layer
+};
+
+// Checks every argument (names, shapes, dtypes, devices, ranges) the same way on every
+// backend and returns the sizes.
+WaveNetStepShape check_wavenet_step(
+    const at::Tensor& samples, const at::Tensor& cache, const at::Tensor& uniforms, int64_t step,
+    int64_t known_steps, double temperature, const at::Tensor& input_weight,
+    const at::Tensor& input_bias, const at::Tensor& dilated_weight, const at::Tensor& gate_bias,
+    const at::Tensor& out_weight, const at::Tensor& out_bias, const at::Tensor& head_weight1,
+    const at::Tensor& head_bias1, const at::Tensor& head_weight2, const at::Tensor& head_bias2,
+    at::IntArrayRef dilations);
+
+}  // namespace genfast
