@@ -78,6 +78,8 @@ def add_commands(commands, train, sample) -> None:
     d.add_argument("--out", default="demo-out", help="folder for the PNGs (default demo-out)")
     d.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: all cores, or 1 when the machine is already busy)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
 
@@ -113,6 +115,22 @@ def _init_distributed(device: torch.device) -> tuple[torch.device, bool]:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, True
+
+
+def _demo_threads(requested: int | None) -> str:
+    """Sets torch's CPU threads for the demo; returns what was chosen and why. On a
+    machine whose load already fills its cores, threads that wait for each other at
+    every parallel region cost far more than they bring, so the demo then uses one."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be positive, got {requested}")
+        torch.set_num_threads(requested)
+        return f"{requested} CPU thread(s)"
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if cores > 1 and load >= cores:
+        torch.set_num_threads(1)
+        return f"1 CPU thread (the machine is busy: load {load:.1f} on {cores} cores; --threads to override)"
+    return f"{torch.get_num_threads()} CPU thread(s)"
 
 
 def backend_line(device: torch.device) -> str:
@@ -198,8 +216,9 @@ def _demo(args) -> int:
     begin = time.perf_counter()
     device = _device(args.device)
     size, levels = DEMO_SIZE, DEMO_LEVELS
+    threads = _demo_threads(args.threads) if device.type == "cpu" else "GPU"
     print(f"genfast demo: a class-conditional Gated PixelCNN on scikit-learn's digits "
-          f"({size}x{size}, {levels} grey levels) on {device}; {backend_line(device)}")
+          f"({size}x{size}, {levels} grey levels) on {device} ({threads}); {backend_line(device)}")
     train_data, test_data = load_digits(size, levels)
     torch.manual_seed(args.seed)
     model = GatedPixelCNN(levels=levels, num_classes=10, image_size=size, **DEMO_MODEL).to(device)

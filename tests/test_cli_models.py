@@ -53,9 +53,14 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_models, "DEMO_MODEL", dict(hidden=6, num_layers=1, kernel_size=3))
     monkeypatch.setattr(cli_models, "DEMO_SAMPLES_PER_CLASS", 2)
     monkeypatch.setattr(cli_models, "DEMO_COMPLETIONS", 2)
-    assert main(["demo", "--steps", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--steps", "2", "--out", str(tmp_path), "--threads", "1", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    for line in ("test bits/dim:", "sampling (naive): 20 digits", "backend: masked layers on cpu"):
+    for line in ("test bits/dim:", "sampling (naive): 20 digits", "backend: masked layers on cpu",
+                 "(1 CPU thread(s))"):
         assert line in out
     samples = np.asarray(Image.open(tmp_path / "samples.png"))
     assert samples.shape == (10 * 33 + 1, 2 * 33 + 1)
@@ -81,5 +86,7 @@ def test_bad_arguments_end_with_a_message(tmp_path, tiny_npy):
         main(base + ["--size", "6", "--hidden", "0"])
     with pytest.raises(SystemExit, match="error: data must be 'digits'"):
         main(["train", "gated-pixelcnn", "--data", str(tmp_path / "nothing.npy")])
+    with pytest.raises(SystemExit, match="--threads must be positive"):
+        main(["demo", "--threads", "0"])
     with pytest.raises(SystemExit, match="error: .*missing.pt"):
         main(["sample", "pixelcnn", "--checkpoint", str(tmp_path / "missing.pt")])

@@ -247,7 +247,8 @@ def test_non_finite_logits_are_an_error():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_on_device_with_the_compiled_kernels(device, name):
+def test_on_device_with_the_compiled_kernels(device, name, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions
     model = make(name)
     n, (h, w) = 3, model.image_size
     x = torch.randint(0, model.levels, (n, model.channels, h, w))
