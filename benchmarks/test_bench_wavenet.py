@@ -60,7 +60,8 @@ def test_wavenet_sampling_step(benchmark, bench_device, quick, impl, batch, chan
     if bench_device == "cuda":
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
     benchmark.pedantic(synced(step, bench_device), rounds=n_rounds, warmup_rounds=1)
-    benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.median
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.median
 
 
 def test_wavenet_step_peers_agree(bench_device):
@@ -82,4 +83,5 @@ def test_wavenet_sample_16000(benchmark, bench_device, batch):
     record(benchmark, f"wavenet sample(n={batch}, 16000) 24 layers R128 fp32 cuda", "genfast")
     benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
     benchmark.pedantic(synced(lambda: model.sample(batch, 16000), bench_device), rounds=1, warmup_rounds=0)
-    benchmark.extra_info["samples_per_s"] = batch * 16000 / benchmark.stats.stats.median
+    if benchmark.stats:
+        benchmark.extra_info["samples_per_s"] = batch * 16000 / benchmark.stats.stats.median
