@@ -60,17 +60,8 @@ def test_wavenet_sampling_step(benchmark, bench_device, quick, impl, batch, chan
     if bench_device == "cuda":
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
     benchmark.pedantic(synced(step, bench_device), rounds=n_rounds, warmup_rounds=1)
-    benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.median
-
-
-def test_wavenet_step_peers_agree(bench_device):
-    # genfast and the Python incremental sampler compute the same logits.
-    model = make_model(64, bench_device)
-    logits = []
-    for impl in ("ext", "reference"):
-        sampler = model.sampler(3, 8, impl=impl, generator=torch.Generator(bench_device).manual_seed(0))
-        logits.append(torch.stack([sampler.step(t) for t in range(8)]))
-    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("batch", (1, 16))
@@ -82,4 +73,5 @@ def test_wavenet_sample_16000(benchmark, bench_device, batch):
     record(benchmark, f"wavenet sample(n={batch}, 16000) 24 layers R128 fp32 cuda", "genfast")
     benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
     benchmark.pedantic(synced(lambda: model.sample(batch, 16000), bench_device), rounds=1, warmup_rounds=0)
-    benchmark.extra_info["samples_per_s"] = batch * 16000 / benchmark.stats.stats.median
+    if benchmark.stats:
+        benchmark.extra_info["samples_per_s"] = batch * 16000 / benchmark.stats.stats.median

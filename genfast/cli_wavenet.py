@@ -242,7 +242,8 @@ def train(config: WaveNetTrainConfig, out: str, *, device: str = "cpu", impl: st
         state = torch.load(path, map_location=device, weights_only=True)
         saved = dict(state["config"], steps=config.steps)
         if saved != dataclasses.asdict(config):
-            diff = [f"{k} {saved[k]!r} -> {v!r}" for k, v in dataclasses.asdict(config).items() if saved[k] != v]
+            diff = [f"{k} {saved[k]!r} -> {v!r}"
+                    for k, v in dataclasses.asdict(config).items() if saved[k] != v]
             raise ValueError(f"wavenet: --resume with settings that differ from {path}: {', '.join(diff)}")
         trainer.load_state_dict(state)
 

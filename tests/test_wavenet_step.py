@@ -19,7 +19,10 @@ def random_case(seed, device, dtype=torch.float64):
     s, h, k, k_in = rng.randint(1, 8), rng.randint(1, 8), rng.randint(1, 3), rng.randint(1, 3)
     dilations = tuple(rng.choice([1, 2, 3, 4, 8]) for _ in range(rng.randint(1, 5)))
     layers = len(dilations)
-    rand = lambda *shape: (torch.randn(*shape, generator=gen, dtype=torch.float64) / 2).to(device, dtype)  # noqa: E731
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) / 2).to(device, dtype)
+
     weights = WaveNetWeights(
         input_weight=rand(k_in, levels, r), input_bias=rand(r), dilated_weight=rand(layers, k * r, 2 * half),
         gate_bias=rand(rng.choice([1, n]), layers, 2 * half), out_weight=rand(layers, half, r + s),
@@ -68,9 +71,9 @@ def test_model_sized_step(device):
     gen = torch.Generator().manual_seed(3)
     layers, r, half, s, h, levels, n = 6, 67, 70, 131, 45, 256, 13
     rand = lambda *shape: (0.1 * torch.randn(*shape, generator=gen)).to(device)  # noqa: E731
-    weights = WaveNetWeights(rand(2, levels, r), rand(r), rand(layers, 3 * r, 2 * half), rand(n, layers, 2 * half),
-                             rand(layers, half, r + s), rand(layers, r + s), rand(s, h), rand(h),
-                             rand(h, levels), rand(levels), (1, 2, 4, 8, 1, 2))
+    weights = WaveNetWeights(rand(2, levels, r), rand(r), rand(layers, 3 * r, 2 * half),
+                             rand(n, layers, 2 * half), rand(layers, half, r + s), rand(layers, r + s),
+                             rand(s, h), rand(h), rand(h, levels), rand(levels), (1, 2, 4, 8, 1, 2))
     cache = rand(n, sum(weights.ring_lengths()), r)
     samples = torch.randint(0, levels, (n, 9), generator=gen).to(device)
     uniforms = torch.rand(9, n, generator=gen, dtype=torch.float64).to(device)
@@ -118,7 +121,8 @@ def test_strided_state_is_updated_in_place():
     uniforms_t = uniforms.t().contiguous().t()
     assert not cache_t.is_contiguous() and not samples_t.is_contiguous() and not uniforms_t.is_contiguous()
     want = run_steps(weights, cache, samples, uniforms, known, "reference", range(3))
-    logits = [wavenet_step(samples_t, cache_t, uniforms_t, t, known, 0.8, weights, impl="ext") for t in range(3)]
+    logits = [wavenet_step(samples_t, cache_t, uniforms_t, t, known, 0.8, weights, impl="ext")
+              for t in range(3)]
     torch.testing.assert_close(torch.stack(logits), want[0])
     torch.testing.assert_close(cache_t, want[1])
     assert torch.equal(samples_t, want[2])

@@ -177,7 +177,8 @@ __attribute__((target("avx512f"))) void gate_avx512(const float* z, const float*
                                    _mm512_maskz_loadu_ps(m, bias + half + i));
     const __m512 th = _mm512_sub_ps(
         _mm512_div_ps(two, _mm512_add_ps(one, exp_avx512(_mm512_mul_ps(t, _mm512_set1_ps(-2.f))))), one);
-    const __m512 sg = _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), s))));
+    const __m512 sg =
+        _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), s))));
     _mm512_mask_storeu_ps(a + i, m, _mm512_mul_ps(th, sg));
   }
 }
@@ -254,7 +255,8 @@ void step_sequences(const StepArgs<T>& p, const MathKernels<T>& math, int64_t b0
     T* h = current(n, 0);
     std::copy(p.input_bias, p.input_bias + R, h);
     for (int64_t j = 0; j < s.input_kernel_size; ++j) {
-      const int64_t column = t - s.input_kernel_size + j;  // input at time t - (k_in-1-j) is sample t - k_in + j
+      // Tap j reads the input of time t - (k_in - 1 - j), which is sample t - k_in + j.
+      const int64_t column = t - s.input_kernel_size + j;
       if (column < 0) continue;
       const int64_t level = p.samples[n * s.length + column];
       TORCH_CHECK(level >= -1 && level < s.levels, "wavenet_step: samples[", n, ", ", column,
@@ -275,7 +277,8 @@ void step_sequences(const StepArgs<T>& p, const MathKernels<T>& math, int64_t b0
     for (int64_t r0 = b0; r0 < b1; r0 += kRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kRows, b1 - r0));
       for (int64_t j = 0; j < k; ++j) {
-        const int64_t slot = s.offset[l] + wavenet_ring_slot(t - (k - 1 - j) * s.dilation[l], s.ring_length[l]);
+        const int64_t time = t - (k - 1 - j) * s.dilation[l];
+        const int64_t slot = s.offset[l] + wavenet_ring_slot(time, s.ring_length[l]);
         for (int r = 0; r < rows; ++r) x[j * kRows + r] = cache_of(r0 + r) + slot * R;
       }
       math.gemm(rows, static_cast<int>(k), x.data(), R, wd, G, G, nullptr, z.data(), G);
@@ -371,8 +374,10 @@ at::Tensor wavenet_step_cpu(at::Tensor& samples, at::Tensor& cache, const at::Te
                          weights[9].const_data_ptr<scalar_t>(),
                          logits.mutable_data_ptr<scalar_t>()};
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
+    // At least 8 sequences per thread: below that a step takes a fraction of a millisecond
+    // and waiting for a second thread costs more than it saves.
     const int64_t blocks = (shape.batch + kRows - 1) / kRows;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, blocks, 8 / kRows, [&](int64_t begin, int64_t end) {
       step_sequences(p, math, begin * kRows, std::min(end * kRows, shape.batch));
     });
   });

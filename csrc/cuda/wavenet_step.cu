@@ -28,6 +28,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kTileRows = 8;   // sequences per tile
 constexpr int kTileCols = 32;  // output columns per tile, one per lane
+static_assert(kTileRows * kTileCols == kThreads, "a tile's outputs are one per thread");
 
 template <typename T>
 struct Params {
@@ -58,13 +59,15 @@ __device__ __forceinline__ T* layer_input(const Params<T>& p, int64_t n, int lay
   return p.cache + (n * p.slots + slot) * p.residual;
 }
 
-// One tile of a product: out[r][c] = sum over kk < kdim of x(n0 + r, kk) * w[kk * ldw + column c
-// of this lane] for the lane's NC columns (col, col + second), rows n0 + r < batch. Returns,
-// for the thread's (row = threadIdx.x / 32, lane = threadIdx.x % 32), the NC sums over the
-// warps (zero for rows past the batch).
+// One tile of a product. The reduction runs over `segments` segments of kdim inputs:
+// segment g of row n is the vector x.row(n, g) (kdim contiguous values) and meets weight
+// rows [g * kdim, (g + 1) * kdim) of w. For the lane's NC columns (col, col + second) and
+// rows n0 + r < batch, out[r][c] = sum over g, kk of x.row(n0 + r, g)[kk] * w[(g * kdim + kk)
+// * ldw + column c]. The warps split each segment's kdim; returns, for the thread's
+// (row = threadIdx.x / 32, lane = threadIdx.x % 32), the NC sums over the warps.
 template <typename T, int NC, typename Input>
-__device__ void tile_product(const Input& x, int kdim, const T* __restrict__ w, int ldw, int col,
-                             int second, bool col_ok, int n0, int batch,
+__device__ void tile_product(const Input& x, int segments, int kdim, const T* __restrict__ w,
+                             int ldw, int col, int second, bool col_ok, int n0, int batch,
                              T (*partial)[kTileRows][NC][kTileCols], T (&sum)[NC]) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunk = (kdim + kWarps - 1) / kWarps;
@@ -76,16 +79,23 @@ __device__ void tile_product(const Input& x, int kdim, const T* __restrict__ w, 
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[r][c] = T(0);
   if (col_ok) {
-    for (int kk = k_begin; kk < k_end; ++kk) {
-      T wv[NC];
-      wv[0] = w[int64_t(kk) * ldw + col];
-      if constexpr (NC == 2) wv[1] = w[int64_t(kk) * ldw + col + second];
+    for (int g = 0; g < segments; ++g) {
+      const T* xs[kTileRows];
 #pragma unroll
-      for (int r = 0; r < kTileRows; ++r) {
-        if (r < rows) {
-          const T xv = x(n0 + r, kk);
+      for (int r = 0; r < kTileRows; ++r) xs[r] = x.row(min(n0 + r, batch - 1), g);
+      const T* __restrict__ wg = w + int64_t(g) * kdim * ldw;
+#pragma unroll 4
+      for (int kk = k_begin; kk < k_end; ++kk) {
+        T wv[NC];
+        wv[0] = wg[int64_t(kk) * ldw + col];
+        if constexpr (NC == 2) wv[1] = wg[int64_t(kk) * ldw + col + second];
 #pragma unroll
-          for (int c = 0; c < NC; ++c) acc[r][c] += xv * wv[c];
+        for (int r = 0; r < kTileRows; ++r) {
+          if (r < rows) {
+            const T xv = x.value(xs[r][kk]);
+#pragma unroll
+            for (int c = 0; c < NC; ++c) acc[r][c] += xv * wv[c];
+          }
         }
       }
     }
@@ -129,25 +139,21 @@ __device__ void input_phase(const Params<T>& p) {
 }
 
 template <typename T>
-struct TapInput {  // x(n, kk) of layer l's dilated convolution: tap kk / R, channel kk % R
+struct TapInput {  // segment j of row n: layer l's input at time t - (k - 1 - j) * dilation
   const Params<T>* p;
   int layer;
-  __device__ T operator()(int n, int kk) const {
-    const int j = kk / p->residual, r = kk - j * p->residual;
-    const int64_t time = p->step - int64_t(p->kernel_size - 1 - j) * p->dilation[layer];
-    return layer_input(*p, n, layer, time)[r];
+  __device__ const T* row(int n, int j) const {
+    return layer_input(*p, n, layer, p->step - int64_t(p->kernel_size - 1 - j) * p->dilation[layer]);
   }
+  __device__ T value(T v) const { return v; }
 };
 
-template <typename T>
-struct RowInput {  // x(n, kk) = rows[n * width + kk], optionally through a relu
+template <typename T, bool kRelu>
+struct RowInput {  // one segment: rows[n * width ...], optionally through a relu
   const T* rows;
   int width;
-  bool relu;
-  __device__ T operator()(int n, int kk) const {
-    const T v = rows[int64_t(n) * width + kk];
-    return relu ? wavenet_relu(v) : v;
-  }
+  __device__ const T* row(int n, int) const { return rows + int64_t(n) * width; }
+  __device__ T value(T v) const { return kRelu ? wavenet_relu(v) : v; }
 };
 
 // Tiles of a phase: (column tiles) x (row tiles), taken by the blocks in turn.
@@ -171,30 +177,33 @@ __device__ void gate_phase(const Params<T>& p, int layer, T (*partial)[kTileRows
     tile_coordinates(tile, p.gate_half, n0, col);
     const bool col_ok = col < p.gate_half;
     T z[2];
-    tile_product<T, 2>(x, p.kernel_size * p.residual, w, G, col, p.gate_half, col_ok, n0, p.batch,
+    tile_product<T, 2>(x, p.kernel_size, p.residual, w, G, col, p.gate_half, col_ok, n0, p.batch,
                        partial, z);
     const int n = n0 + static_cast<int>(threadIdx.x / 32);
     if (col_ok && n < p.batch) {
       const T* gb = p.gate_bias + (int64_t(p.gate_bias_per_sequence ? n : 0) * p.layers + layer) * G;
-      p.gated[int64_t(n) * p.gate_half + col] = wavenet_gate(z[0] + gb[col], z[1] + gb[p.gate_half + col]);
+      p.gated[int64_t(n) * p.gate_half + col] =
+          wavenet_gate(z[0] + gb[col], z[1] + gb[p.gate_half + col]);
     }
   }
 }
 
 template <typename T>
-__device__ void residual_skip_phase(const Params<T>& p, int layer, T (*partial)[kTileRows][1][kTileCols]) {
+__device__ void residual_skip_phase(const Params<T>& p, int layer,
+                                    T (*partial)[kTileRows][1][kTileCols]) {
   const bool last = layer == p.layers - 1;
   const int first_col = last ? p.residual : 0;  // the last layer's residual is never used
   const int columns = p.residual_skip - first_col;
   const T* w = p.out_weight + int64_t(layer) * p.gate_half * p.residual_skip + first_col;
   const T* bias = p.out_bias + int64_t(layer) * p.residual_skip + first_col;
-  const RowInput<T> x{p.gated, p.gate_half, false};
+  const RowInput<T, false> x{p.gated, p.gate_half};
   for (int tile = blockIdx.x; tile < tile_count(columns, p.batch); tile += gridDim.x) {
     int n0, col;
     tile_coordinates(tile, columns, n0, col);
     const bool col_ok = col < columns;
     T y[1];
-    tile_product<T, 1>(x, p.gate_half, w, p.residual_skip, col, 0, col_ok, n0, p.batch, partial, y);
+    tile_product<T, 1>(x, 1, p.gate_half, w, p.residual_skip, col, 0, col_ok, n0, p.batch, partial,
+                       y);
     const int n = n0 + static_cast<int>(threadIdx.x / 32);
     if (col_ok && n < p.batch) {
       const T v = y[0] + bias[col];
@@ -209,8 +218,8 @@ __device__ void residual_skip_phase(const Params<T>& p, int layer, T (*partial)[
 }
 
 // out[n, o] = epilogue(bias[o] + sum_k x(n, k) w[k, o]) for the head's layers.
-template <typename T>
-__device__ void dense_phase(const Params<T>& p, const RowInput<T>& x, int kdim, const T* w,
+template <typename T, typename Input>
+__device__ void dense_phase(const Params<T>& p, const Input& x, int kdim, const T* w,
                             const T* bias, int columns, bool relu, T* out,
                             T (*partial)[kTileRows][1][kTileCols]) {
   for (int tile = blockIdx.x; tile < tile_count(columns, p.batch); tile += gridDim.x) {
@@ -218,7 +227,7 @@ __device__ void dense_phase(const Params<T>& p, const RowInput<T>& x, int kdim, 
     tile_coordinates(tile, columns, n0, col);
     const bool col_ok = col < columns;
     T y[1];
-    tile_product<T, 1>(x, kdim, w, columns, col, 0, col_ok, n0, p.batch, partial, y);
+    tile_product<T, 1>(x, 1, kdim, w, columns, col, 0, col_ok, n0, p.batch, partial, y);
     const int n = n0 + static_cast<int>(threadIdx.x / 32);
     if (col_ok && n < p.batch) {
       const T v = y[0] + bias[col];
@@ -291,10 +300,10 @@ __global__ void __launch_bounds__(kThreads)
         residual_skip_phase(p, layer, partial1);
       }
     } else if (phase == 2 * p.layers + 1) {
-      dense_phase(p, RowInput<T>{p.skip, p.skip_channels, true}, p.skip_channels, p.head_weight1,
+      dense_phase(p, RowInput<T, true>{p.skip, p.skip_channels}, p.skip_channels, p.head_weight1,
                   p.head_bias1, p.head, true, p.hidden, partial1);
     } else if (phase == 2 * p.layers + 2) {
-      dense_phase(p, RowInput<T>{p.hidden, p.head, false}, p.head, p.head_weight2, p.head_bias2,
+      dense_phase(p, RowInput<T, false>{p.hidden, p.head}, p.head, p.head_weight2, p.head_bias2,
                   p.levels, false, p.logits, partial1);
     } else {
       draw_phase(p);

@@ -128,12 +128,13 @@ def check_wavenet_step(samples, cache, uniforms, step, known_steps, temperature,
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilations)):
         _fail(ValueError, f"dilations must be 1 to {MAX_LAYERS} positive ints, got {dilations!r}")
     w = weights
-    if w.input_weight.dim() != 3 or w.input_weight.shape[1] < 2 or w.input_weight.shape[0] < 1:
-        _fail(ValueError, f"input_weight must be (k_in, levels, R), got {tuple(w.input_weight.shape)}")
+    if w.input_weight.dim() != 3 or min(w.input_weight.shape) < 1 or w.input_weight.shape[1] < 2:
+        _fail(ValueError, f"input_weight must be (k_in, levels >= 2, R), got {tuple(w.input_weight.shape)}")
     k_in, levels, r = w.input_weight.shape
     layers = len(dilations)
     dw = w.dilated_weight
-    if dw.dim() != 3 or dw.shape[0] != layers or dw.shape[1] % r or dw.shape[1] == 0 or dw.shape[2] % 2 or dw.shape[2] == 0:
+    if (dw.dim() != 3 or dw.shape[0] != layers or dw.shape[1] < r or dw.shape[1] % r
+            or dw.shape[2] < 2 or dw.shape[2] % 2):
         _fail(ValueError, f"dilated_weight must be (L={layers}, k * R, G) with R={r} and an even G, "
                           f"got {tuple(dw.shape)}")
     gate = dw.shape[2]
