@@ -26,42 +26,18 @@
 #include <ATen/core/Tensor.h>
 
 #include "common.h"
+#include "sampling_math.h"
 
 namespace genfast {
 
 // The CUDA kernel receives the layer table by value in its parameters.
 constexpr int kWaveNetMaxLayers = 256;
 
-// tanh(zt) * sigmoid(zs): WaveNet's gated activation unit.
-template <typename T>
-GENFAST_HOST_DEVICE inline T wavenet_gate(T zt, T zs) {
-  using std::exp;
-  using std::tanh;
-  return tanh(zt) * (T(1) / (T(1) + exp(-zs)));
-}
-
-template <typename T>
-GENFAST_HOST_DEVICE inline T wavenet_relu(T x) {
-  return x > T(0) ? x : T(0);
-}
-
 // Ring-buffer slot (relative to the layer's offset) that holds time `time` (may be
 // negative: times before the start are zeros never written) in a ring of `length`.
 GENFAST_HOST_DEVICE inline int64_t wavenet_ring_slot(int64_t time, int64_t length) {
   const int64_t slot = time % length;
   return slot < 0 ? slot + length : slot;
-}
-
-// The inverse-CDF draw, shared with genfast.ops.wavenet_step.draw_from_logits: in
-// float64, z = logit / temperature and w = exp(z - max z); the drawn level is the
-// number of levels whose running sum of w is <= u * (sum of all w), clamped to
-// levels - 1 against rounding at u -> 1.
-GENFAST_HOST_DEVICE inline double wavenet_tempered_logit(double logit, double temperature) {
-  return logit / temperature;
-}
-
-GENFAST_HOST_DEVICE inline int64_t wavenet_clamp_level(int64_t count, int64_t levels) {
-  return count < levels ? count : levels - 1;
 }
 
 // Sizes of one step, read from the arguments by check_wavenet_step.

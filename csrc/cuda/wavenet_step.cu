@@ -153,7 +153,7 @@ struct RowInput {  // one segment: rows[n * width ...], optionally through a rel
   const T* rows;
   int width;
   __device__ const T* row(int n, int) const { return rows + int64_t(n) * width; }
-  __device__ T value(T v) const { return kRelu ? wavenet_relu(v) : v; }
+  __device__ T value(T v) const { return kRelu ? relu_value(v) : v; }
 };
 
 // Tiles of a phase: (column tiles) x (row tiles), taken by the blocks in turn.
@@ -183,7 +183,7 @@ __device__ void gate_phase(const Params<T>& p, int layer, T (*partial)[kTileRows
     if (col_ok && n < p.batch) {
       const T* gb = p.gate_bias + (int64_t(p.gate_bias_per_sequence ? n : 0) * p.layers + layer) * G;
       p.gated[int64_t(n) * p.gate_half + col] =
-          wavenet_gate(z[0] + gb[col], z[1] + gb[p.gate_half + col]);
+          gated_unit(z[0] + gb[col], z[1] + gb[p.gate_half + col]);
     }
   }
 }
@@ -231,7 +231,7 @@ __device__ void dense_phase(const Params<T>& p, const Input& x, int kdim, const 
     const int n = n0 + static_cast<int>(threadIdx.x / 32);
     if (col_ok && n < p.batch) {
       const T v = y[0] + bias[col];
-      out[int64_t(n) * columns + col] = relu ? wavenet_relu(v) : v;
+      out[int64_t(n) * columns + col] = relu ? relu_value(v) : v;
     }
   }
 }
@@ -253,13 +253,13 @@ __device__ void draw_phase(const Params<T>& p) {
     for (int i = begin; i < end; ++i) {
       const double v = static_cast<double>(logits[i]);
       finite = finite && isfinite(v);
-      z_max = fmax(z_max, wavenet_tempered_logit(v, p.temperature));
+      z_max = fmax(z_max, tempered_logit(v, p.temperature));
     }
     finite = __all_sync(kAll, finite);
     for (int s = 16; s > 0; s /= 2) z_max = fmax(z_max, __shfl_xor_sync(kAll, z_max, s));
     double run = 0;
     for (int i = begin; i < end; ++i) {
-      run += exp(wavenet_tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
+      run += exp(tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
     }
     double scan = run;  // inclusive prefix sum of the lanes' runs
     for (int s = 1; s < 32; s *= 2) {
@@ -271,12 +271,12 @@ __device__ void draw_phase(const Params<T>& p) {
     double cdf = scan - run;
     int count = 0;
     for (int i = begin; i < end; ++i) {
-      cdf += exp(wavenet_tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
+      cdf += exp(tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
       count += cdf <= threshold ? 1 : 0;
     }
     for (int s = 16; s > 0; s /= 2) count += __shfl_xor_sync(kAll, count, s);
     if (lane == 0) {
-      p.samples[int64_t(n) * p.length + p.step] = finite ? wavenet_clamp_level(count, p.levels) : -1;
+      p.samples[int64_t(n) * p.length + p.step] = finite ? clamp_level(count, p.levels) : -1;
     }
   }
 }

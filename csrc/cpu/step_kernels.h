@@ -1,0 +1,33 @@
+// CPU building blocks of genfast's cached samplers (wavenet_step, gated_pixelcnn_row):
+// small register-blocked GEMMs whose rows are a few sequences and whose inputs are
+// gathered through per-row pointers (ring-buffer slots, taps of a row buffer), the
+// vectorised gate and the inverse-CDF draw. Float32 on AVX-512 CPUs runs AVX-512
+// micro-kernels (runtime dispatch); other cases run plain loops that the compiler
+// vectorises.
+#pragma once
+
+#include <cstdint>
+
+namespace genfast {
+
+constexpr int kRows = 4;  // sequences per register block
+
+// The two products of a step: y (rows, cols) = bias + sum over taps of x_tap @ w_tap,
+// where x[tap * kRows + r] points at row r's kdim inputs of tap `tap` and tap `tap`'s
+// weight is rows [tap * kdim, (tap + 1) * kdim) of w (leading dimension ldw).
+// gate: a[i] = gated_unit(z[i] + b[i], z[half + i] + b[half + i]), i < half.
+template <typename T>
+struct MathKernels {
+  void (*gemm)(int rows, int taps, const T* const* x, int64_t kdim, const T* w, int64_t ldw,
+               int64_t cols, const T* bias, T* y, int64_t ldy);
+  void (*gate)(const T* z, const T* bias, int64_t half, T* a);
+};
+
+template <typename T>
+MathKernels<T> math_kernels();
+
+// The drawn level of one sequence (-1 when a logit is not finite).
+template <typename T>
+int64_t draw(const T* logits, int64_t levels, double u, double temperature, double* cdf);
+
+}  // namespace genfast
