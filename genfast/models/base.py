@@ -196,9 +196,15 @@ class AutoregressiveImageModel(nn.Module):
     def sample(self, n: int, *, labels=None, prefix: torch.Tensor | None = None,
                known_mask: torch.Tensor | None = None, temperature: float = 1.0,
                generator: torch.Generator | None = None, device=None,
-               cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Draws n images of self.image_size, (n, channels, H, W) int64, naively: the
-        network is rerun for every sub-pixel that is sampled.
+               cond: torch.Tensor | None = None, method: str = "cached",
+               impl: str | None = None) -> torch.Tensor:
+        """Draws n images of self.image_size, (n, channels, H, W) int64.
+
+        method: "cached" (default) steps the network one sub-pixel at a time, each
+        layer computing only the new position from caches of its past inputs (see the
+        model's `_sample_cached`); "naive" reruns the network for every sub-pixel.
+        impl: "auto" | "ext" | "reference" for the cached sampler's step op
+        (default: the model's impl); "reference" is the Python-orchestrated sampler.
 
         labels: an int or an integer tensor (n,) when the model has num_classes.
         cond: (n, cond_channels, H, W) float when the model has cond_channels.
@@ -216,11 +222,12 @@ class AutoregressiveImageModel(nn.Module):
         temperature). Another sampler that does the same with the same generator state
         reproduces these images.
 
-        Cost: the network for row i runs on rows 0..i only and its output layers on row
-        i only; the logits there are those of the full image (they do not depend on
-        later rows) up to float rounding: PyTorch's elementwise kernels may round the
-        tail of a tensor differently, so a draw can differ from a full-forward
-        sampler's only where a uniform falls within that rounding of a CDF step.
+        Naive cost: the network for row i runs on rows 0..i only and its output layers
+        on row i only; the logits there are those of the full image (they do not
+        depend on later rows) up to float rounding: PyTorch's elementwise kernels may
+        round the tail of a tensor differently, so a draw can differ from a
+        full-forward sampler's only where a uniform falls within that rounding of a
+        CDF step. The cached sampler's logits equal them to the same rounding.
         """
         model = type(self).__name__
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
@@ -229,6 +236,11 @@ class AutoregressiveImageModel(nn.Module):
                 and temperature > 0):
             raise ValueError(f"{model}.sample: temperature must be a finite number > 0, "
                              f"got {temperature!r}")
+        if method not in ("cached", "naive"):
+            raise ValueError(f"{model}.sample: method must be 'cached' or 'naive', got {method!r}")
+        impl = self.impl if impl is None else impl
+        if impl not in ("auto", "ext", "reference"):
+            raise ValueError(f"{model}.sample: impl must be 'auto', 'ext' or 'reference', got {impl!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{model}.sample: generator must be a torch.Generator, got "
                             f"{type(generator).__name__}")
@@ -255,24 +267,41 @@ class AutoregressiveImageModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            for i in range(height):
-                cond_rows = None if cond is None else cond[:, :, : i + 1]
-                for j in range(width):
-                    for c in range(self.channels):
-                        todo = ~known[:, c, i, j] if i < rows else None
-                        if todo is not None and not todo.any():
-                            continue
-                        features = self.input_features(x[:, :, : i + 1])
-                        logits = self.logits(features, labels, cond_rows, last_row_only=True)
-                        logits = logits[:, :, c, 0, j]
-                        if not torch.isfinite(logits).all():
-                            raise RuntimeError(f"{model}.sample: the network produced non-finite "
-                                               f"logits at row {i}, column {j}, colour {c}")
-                        value = inverse_cdf(logits, u[i, j, c], temperature)
-                        x[:, c, i, j] = value if todo is None else torch.where(todo, value, x[:, c, i, j])
+            if method == "cached":
+                self._sample_cached(x, known, u, labels, cond, temperature, impl)
+            else:
+                self._sample_naive(x, known, rows, u, labels, cond, temperature)
         finally:
             self.train(was_training)
         return x
+
+    def _sample_naive(self, x, known, rows: int, u, labels, cond, temperature: float) -> None:
+        """Fills the unknown sub-pixels of x (n, channels, H, W) in place, rerunning the
+        network on rows 0..i for every sub-pixel of row i (rows: the prefix's rows)."""
+        model = type(self).__name__
+        height, width = self.image_size
+        for i in range(height):
+            cond_rows = None if cond is None else cond[:, :, : i + 1]
+            for j in range(width):
+                for c in range(self.channels):
+                    todo = ~known[:, c, i, j] if i < rows else None
+                    if todo is not None and not todo.any():
+                        continue
+                    features = self.input_features(x[:, :, : i + 1])
+                    logits = self.logits(features, labels, cond_rows, last_row_only=True)
+                    logits = logits[:, :, c, 0, j]
+                    if not torch.isfinite(logits).all():
+                        raise RuntimeError(f"{model}.sample: the network produced non-finite "
+                                           f"logits at row {i}, column {j}, colour {c}")
+                    value = inverse_cdf(logits, u[i, j, c], temperature)
+                    x[:, c, i, j] = value if todo is None else torch.where(todo, value, x[:, c, i, j])
+
+    def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str) -> None:
+        """Fills the sub-pixels of x (n, channels, H, W) where `known` is False, in
+        place, in raster/colour order with uniforms u (H, W, channels, n), stepping
+        the network with per-layer caches (the same images as _sample_naive from the
+        same uniforms)."""
+        raise NotImplementedError
 
     def _place_prefix(self, x, known, prefix, known_mask, n: int) -> int:
         """Writes the known sub-pixels of prefix into x and known; returns its rows."""
