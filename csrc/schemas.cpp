@@ -33,4 +33,11 @@ TORCH_LIBRARY(genfast, m) {
         "Tensor dilated_weight, Tensor gate_bias, Tensor out_weight, Tensor out_bias, "
         "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2, "
         "int[] dilations) -> Tensor");
+  // One image row of cached Gated PixelCNN sampling (layout in csrc/gated_pixelcnn_row.h):
+  // walks the row's sub-pixels, returns the drawn values (N, C, W) and logits (N, C, W, V).
+  m.def("gated_pixelcnn_row(Tensor prefix, Tensor known, Tensor uniforms, float temperature, "
+        "Tensor feature_table, Tensor row_bias, Tensor first_weight, Tensor horizontal_weight, "
+        "Tensor residual_weight, Tensor residual_bias, Tensor skip_weight, Tensor skip_bias, "
+        "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2) "
+        "-> (Tensor, Tensor)");
 }
