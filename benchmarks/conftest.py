@@ -3,7 +3,9 @@
 Conventions: one file per op or model, benchmarks/test_bench_<name>.py; each case
 sets benchmark.group (the case), benchmark.extra_info["impl"] ("genfast" or the
 peer's name) and benchmark.extra_info["baseline"] = True on the peer that ratios
-are taken against.
+are taken against. A case too slow to time in full may time a fixed fraction of its
+work and set extra_info["scale"] (the factor run.py multiplies its time by), saying so
+in its impl name.
 """
 import pytest
 import torch

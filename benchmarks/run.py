@@ -30,13 +30,15 @@ def summarize(data: dict) -> str:
     lines = [f"Machine: {machine(data)}", "",
              "| case | implementation | median ms | speed-up vs baseline |",
              "|---|---|---:|---:|"]
+    def median(bench):  # a case timed on 1/scale of its work (extra_info["scale"]) is scaled up
+        return bench["stats"]["median"] * bench["extra_info"].get("scale", 1)
+
     for group, benches in groups.items():
         base = next((b for b in benches if b["extra_info"].get("baseline")), None)
         for b in sorted(benches, key=lambda b: not b["extra_info"].get("baseline")):
-            median = b["stats"]["median"]
-            ratio = f"{base['stats']['median'] / median:.2f}x" if base else "n/a"
+            ratio = f"{median(base) / median(b):.2f}x" if base else "n/a"
             name = b["extra_info"].get("impl", b["name"]) + (" (baseline)" if b is base else "")
-            lines.append(f"| {group} | {name} | {median * 1e3:.2f} | {ratio} |")
+            lines.append(f"| {group} | {name} | {median(b) * 1e3:.2f} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -59,7 +59,8 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    for line in ("test bits/dim:", "sampling (naive): 20 digits", "backend: masked layers on cpu",
+    for line in ("test bits/dim:", "sampling 20 digits: cached", "20/20 digits identical",
+                 "backend: masked layers on cpu",
                  "(1 CPU thread(s))"):
         assert line in out
     samples = np.asarray(Image.open(tmp_path / "samples.png"))

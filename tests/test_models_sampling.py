@@ -1,4 +1,4 @@
-"""Likelihood, naive sampling and image completion of both models; bad input."""
+"""Likelihood, naive and cached sampling and image completion of both models; bad input."""
 import math
 
 import pytest
@@ -62,13 +62,15 @@ def test_loss_is_the_hand_computed_cross_entropy(name):
     assert bits_per_dim(expected * 12, dims=12) == pytest.approx(expected / math.log(2))
 
 
+@pytest.mark.parametrize("method", ["naive", "cached"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_naive_sampling_is_the_full_forward_sampler(name):
-    # Cropping the network at the current row changes nothing: the same images.
+def test_sampling_is_the_full_forward_sampler(name, method):
+    # Cropping the network at the current row (naive) or stepping it with caches
+    # (cached) changes nothing: the same images.
     model = make(name)
     n = 4
     labels = torch.tensor([0, 1, 2, 0])
-    samples = model.sample(n, labels=labels, generator=torch.Generator().manual_seed(7))
+    samples = model.sample(n, labels=labels, generator=torch.Generator().manual_seed(7), method=method)
     u = sampling_uniforms(n, model.channels, *model.image_size, torch.Generator().manual_seed(7))
     assert torch.equal(samples, full_forward_sample(model, n, labels, u))
     assert samples.dtype == torch.long and samples.shape == (n, model.channels, *model.image_size)
@@ -87,8 +89,9 @@ def test_cropped_logits_equal_the_full_forward():
             torch.testing.assert_close(part[:, :, :, 0], full[:, :, :, i], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["naive", "cached"])
 @pytest.mark.parametrize("name", ["gated-rgb", "pixelcnn-rgb"])
-def test_completion_keeps_known_pixels_and_is_the_full_forward_completion(name):
+def test_completion_keeps_known_pixels_and_is_the_full_forward_completion(name, method):
     model = make(name)
     n, (h, w) = 3, model.image_size
     gen = torch.Generator().manual_seed(3)
@@ -96,12 +99,13 @@ def test_completion_keeps_known_pixels_and_is_the_full_forward_completion(name):
     known = torch.rand(n, 3, 2, w, generator=gen) < 0.6
     labels = torch.tensor([2, 0, 1])
     samples = model.sample(n, labels=labels, prefix=prefix, known_mask=known,
-                           generator=torch.Generator().manual_seed(11))
+                           generator=torch.Generator().manual_seed(11), method=method)
     assert torch.equal(samples[:, :, :2][known], prefix[known])
     u = sampling_uniforms(n, 3, h, w, torch.Generator().manual_seed(11))
     assert torch.equal(samples, full_forward_sample(model, n, labels, u, prefix, known))
     # A prefix without a mask: all its rows are known; the rest is sampled.
-    top = model.sample(n, labels=labels, prefix=prefix[:, :, :1], generator=torch.Generator().manual_seed(1))
+    top = model.sample(n, labels=labels, prefix=prefix[:, :, :1], generator=torch.Generator().manual_seed(1),
+                       method=method)
     assert torch.equal(top[:, :, :1], prefix[:, :, :1])
 
 
