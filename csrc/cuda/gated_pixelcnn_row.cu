@@ -215,6 +215,13 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
     const int64_t hg = s.hidden / s.channels;
     const size_t shared_bytes =
         sizeof(scalar_t) * ((s.layers + 3) * s.hidden + 2 * hg + hg + kThreads);
+    int device_limit = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                          row_bias.get_device()));
+    TORCH_CHECK(shared_bytes <= static_cast<size_t>(device_limit),
+                "gated_pixelcnn_row: ", s.layers, " layers of ", s.hidden,
+                " hidden channels need ", shared_bytes, " bytes of shared memory per image, more "
+                "than this GPU's ", device_limit, "; use fewer layers or channels, or the CPU");
     if (shared_bytes > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(gated_pixelcnn_row_kernel<scalar_t>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
