@@ -202,9 +202,17 @@ class GatedPixelCNN(AutoregressiveImageModel):
 
     def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str,
                        keep_logits: bool = False) -> torch.Tensor | None:
+        # The row op runs in the parameters' dtype: autocast would make the vertical
+        # stack's outputs disagree with it.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._sample_cached_rows(x, known, u, labels, cond, temperature, impl, keep_logits)
+
+    def _sample_cached_rows(self, x, known, u, labels, cond, temperature, impl, keep_logits):
         n, _, height, width = x.shape
         p = self.kernel_size // 2
         weights = self.pack_row_weights()
+        if cond is not None:
+            cond = cond.to(weights.feature_table.dtype)
         # Per layer: its last p + 1 vertical input rows, padded p columns each side.
         vertical_in = [weights.feature_table.new_zeros((n, l.vertical_conv.in_channels, p + 1, width + 2 * p))
                        for l in self.layers]
