@@ -62,11 +62,13 @@ def add_commands(commands, train, sample) -> None:
                        help="masked layers: genfast kernels or the F.conv2d(weight*mask) reference")
         p.set_defaults(func=_train)
 
-        s = sample.add_parser(name, help=f"sample a trained {name} (naive sampling) into a PNG")
+        s = sample.add_parser(name, help=f"sample a trained {name} into a PNG")
         s.add_argument("--checkpoint", required=True, help="a checkpoint of `genfast train`")
         s.add_argument("--n", type=int, default=8,
                        help="images (per class when class-conditional; default 8)")
         s.add_argument("--temperature", type=float, default=1.0)
+        s.add_argument("--method", choices=["cached", "naive"], default="cached",
+                       help="cached (default) or naive sampling: the same images, naive is slower")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default=None)
         s.add_argument("--out", default="samples.png", help="PNG path (default samples.png)")
@@ -200,10 +202,10 @@ def _sample(args) -> int:
     generator = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
     images = model.sample(n, labels=labels, temperature=args.temperature, generator=generator,
-                          device=device)
+                          device=device, method=args.method)
     seconds = time.perf_counter() - start
     save_grid(images, model.levels, args.out, ncol=min(ncol, n))
-    print(f"{n} samples in {seconds:.1f} s ({backend_line(device)}); saved {args.out}")
+    print(f"{n} samples ({args.method}) in {seconds:.2f} s ({backend_line(device)}); saved {args.out}")
     return 0
 
 

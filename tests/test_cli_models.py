@@ -31,7 +31,12 @@ def test_train_and_sample_gated_pixelcnn(tmp_path, tiny_npy, capsys):
     assert main(["sample", "gated-pixelcnn", "--checkpoint", ckpt, "--n", "2", "--out", png]) == 0
     # One row per class, 2 samples each, 6x6 cells scaled 4x with 1-pixel gaps.
     assert np.asarray(Image.open(png)).shape == (3 * 25 + 1, 2 * 25 + 1)
-    assert "6 samples in" in capsys.readouterr().out
+    assert "6 samples (cached) in" in capsys.readouterr().out
+    naive_png = str(tmp_path / "n.png")
+    assert main(["sample", "gated-pixelcnn", "--checkpoint", ckpt, "--n", "2", "--out", naive_png,
+                 "--method", "naive"]) == 0
+    assert "6 samples (naive) in" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(naive_png)), np.asarray(Image.open(png)))
 
 
 def test_train_unconditional_pixelcnn_resumes(tmp_path, tiny_npy, capsys):
