@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genfast import losses
+from genfast.train import save_checkpoint
 
 DATASETS = ("ring8", "digits")
 # Per-dataset defaults of the command line (WGANGPConfig's own are the paper's).
@@ -136,18 +137,6 @@ def build_models(config: WGANGPConfig) -> tuple[nn.Module, nn.Module]:
 
 
 # ------------------------------------------------------------------------- trainer
-
-def save_atomically(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: a crash
-    leaves the old checkpoint or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 class WGANGPTrainer:
     """WGAN-GP training state (models, optimisers, random generator, history)."""
@@ -331,7 +320,7 @@ def train(config: WGANGPConfig, out: str, *, device: str = "cpu", impl: str = "a
         raise FileNotFoundError(f"wgan-gp: --resume but there is no checkpoint at {path}")
 
     def checkpoint():
-        save_atomically(trainer.state_dict(), path)
+        save_checkpoint(path, trainer.state_dict())
         with open(os.path.join(out, "history.json"), "w") as f:
             json.dump(trainer.history, f)
         plot_losses(trainer.history, os.path.join(out, "losses.png"))

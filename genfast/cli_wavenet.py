@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode, mu_law_encode
+from genfast.train import save_checkpoint
 
 SAMPLE_RATE = 4000
 
@@ -88,18 +89,6 @@ def load_signal(config: WaveNetTrainConfig) -> tuple[torch.Tensor, torch.Tensor]
 
 
 # ------------------------------------------------------------------------- trainer
-
-def save_atomically(obj, path: str) -> None:
-    """torch.save to a temporary file beside `path`, then os.replace: a crash leaves the
-    old checkpoint or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 class WaveNetTrainer:
     """Model, optimiser, the random generator of the crops, step and history."""
@@ -249,7 +238,7 @@ def train(config: WaveNetTrainConfig, out: str, *, device: str = "cpu", impl: st
 
     def checkpoint():
         trainer.history[-1]["validation_bits"] = trainer.validation_bits()
-        save_atomically(trainer.state_dict(), path)
+        save_checkpoint(path, trainer.state_dict())
         with open(os.path.join(out, "history.json"), "w") as f:
             json.dump(trainer.history, f)
 

@@ -1,5 +1,6 @@
 """WGAN-GP training (genfast/cli_gan.py): mode coverage on 8 Gaussians, the digits
-data, exact resume, atomic checkpoints and the command line."""
+data, exact resume and the command line (atomic checkpoints: genfast.train.save_checkpoint,
+tested in test_train.py)."""
 import json
 import os
 
@@ -8,7 +9,7 @@ import torch
 
 from genfast import cli
 from genfast.cli_gan import (WGANGPConfig, WGANGPTrainer, load_checkpoint, load_digits16, mode_coverage,
-                             ring8_centers, save_atomically, train)
+                             ring8_centers, train)
 
 # A short 8-Gaussians run with a fixed seed: the paper's penalty (lambda 10) and 5
 # critic steps per generator step, with larger, two-timescale step sizes than the
@@ -78,23 +79,6 @@ def test_resume_is_exact(tmp_path, one_thread):
               progress=False)
     with pytest.raises(FileNotFoundError):
         train(config, str(tmp_path / "nothing"), resume=True, progress=False)
-
-
-def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    path = str(tmp_path / "checkpoint.pt")
-    save_atomically({"step": 1}, path)
-
-    def crash(obj, f):  # dies halfway through writing
-        with open(f, "wb") as out:
-            out.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
-        save_atomically({"step": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path) == {"step": 1}  # the old checkpoint, whole
-    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
 
 
 def test_command_line(tmp_path, capsys):

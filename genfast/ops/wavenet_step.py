@@ -80,17 +80,13 @@ class WaveNetWeights(NamedTuple):
 
 
 def draw_from_logits(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """One level per row of `logits` (n, levels) from the uniforms `u` (n,), int64.
+    """One level per row of `logits` (n, levels) from the uniforms `u` (n,), int64:
+    genfast.models.sampling.inverse_cdf, except that a row with a non-finite logit gets -1
+    (the kernel's marker of a failed draw)."""
+    # Imported here: genfast.models imports genfast.ops, so a top-level import would be circular.
+    from genfast.models.sampling import inverse_cdf
 
-    In float64: z = logits / temperature, w = exp(z - max z), cdf = cumsum(w); the level
-    is the number of levels with cdf <= u * cdf[-1], clamped to levels - 1 (the same
-    rule as genfast.models.sampling.inverse_cdf). A row with a non-finite logit gets -1.
-    """
-    z = logits.to(torch.float64) / temperature
-    w = torch.exp(z - z.max(dim=-1, keepdim=True).values)
-    cdf = w.cumsum(dim=-1)
-    value = (cdf <= u.to(torch.float64).unsqueeze(-1) * cdf[..., -1:]).sum(dim=-1)
-    value = value.clamp_(max=logits.shape[-1] - 1)
+    value = inverse_cdf(logits, u, temperature)
     return torch.where(torch.isfinite(logits).all(dim=-1), value, torch.full_like(value, -1))
 
 
