@@ -211,27 +211,39 @@ class GatedPixelCNN(AutoregressiveImageModel):
         n, _, height, width = x.shape
         p = self.kernel_size // 2
         weights = self.pack_row_weights()
+        dtype = weights.feature_table.dtype
         if cond is not None:
-            cond = cond.to(weights.feature_table.dtype)
-        # Per layer: its last p + 1 vertical input rows, padded p columns each side.
-        vertical_in = [weights.feature_table.new_zeros((n, l.vertical_conv.in_channels, p + 1, width + 2 * p))
-                       for l in self.layers]
-        # Per layer: the link of the row above's vertical pre-activations (its bias
-        # alone above row 0, where shift_down gives zeros).
-        links = [l.link.bias[None, :, None].expand(n, -1, width) for l in self.layers]
-        class_terms = [0 if l.class_horizontal is None else l.class_horizontal(labels)[:, :, None]
-                       for l in self.layers]
+            cond = cond.to(dtype)
+        # Per layer: a ring of its last p + 1 vertical input rows (row r in slot
+        # r % (p + 1)), padded p columns each side; the vertical conv reads it with its
+        # kernel rows rotated to match (rotations[l][i % (p + 1)] at row i), so a new
+        # row is one copy into its slot.
+        rings = [weights.feature_table.new_zeros((n, l.vertical_conv.in_channels, p + 1, width + 2 * p))
+                 for l in self.layers]
+        rotations = [[l.vertical_conv.weight[:, :, [(s - phase - 1) % (p + 1) for s in range(p + 1)]]
+                      for phase in range(p + 1)] for l in self.layers]
+        # row_bias[l] (n, W, 2H): what layer l's horizontal stack adds at each column of
+        # the current row besides its own taps: the link of the vertical stack of the
+        # row above (zero pre-activations above row 0: the link's bias alone), the
+        # horizontal conv's bias, the class and spatial conditioning.
+        constant = [layer.horizontal_conv.bias + layer.link.bias for layer in self.layers]
+        constant = [c if l.class_horizontal is None else c + l.class_horizontal(labels).to(dtype)
+                    for c, l in zip(constant, self.layers)]
+        constant = [c.reshape(-1, 1, c.shape[-1]) for c in constant]  # (1 or n, 1, 2H)
+        row_bias = weights.feature_table.new_empty((len(self.layers), n, width, 2 * self.hidden))
+        for l in range(len(self.layers)):
+            row_bias[l] = constant[l]
+
+        def add_spatial_conditioning(i: int) -> None:
+            for l, layer in enumerate(self.layers):
+                if layer.cond_horizontal is not None:
+                    row_bias[l] += layer.cond_horizontal(cond[:, :, i:i + 1])[:, :, 0].transpose(1, 2)
+
+        add_spatial_conditioning(0)
         rows = []  # each row's logits (n, C, W, levels), with keep_logits
         for i in range(height):
-            cond_row = None if cond is None else cond[:, :, i:i + 1]
-            row_bias = []
-            for l, layer in enumerate(self.layers):
-                term = links[l] + layer.horizontal_conv.bias[None, :, None] + class_terms[l]
-                if layer.cond_horizontal is not None:
-                    term = term + layer.cond_horizontal(cond_row)[:, :, 0]
-                row_bias.append(term.transpose(1, 2))
             values, logits = gated_pixelcnn_row(x[:, :, i], known[:, :, i], u[i], temperature,
-                                                torch.stack(row_bias), weights, impl=impl)
+                                                row_bias, weights, impl=impl)
             if keep_logits:
                 rows.append(logits)
             failed = (values < 0).nonzero()
@@ -242,14 +254,18 @@ class GatedPixelCNN(AutoregressiveImageModel):
             x[:, :, i] = values
             if i == height - 1:
                 break
-            # The vertical stack on row i, for the links of row i + 1.
+            # The vertical stack on row i gives the links of row i + 1.
             row_in = self.input_features(x[:, :, i:i + 1])
+            cond_row = None if cond is None else cond[:, :, i:i + 1]
             for l, layer in enumerate(self.layers):
-                vertical_in[l] = torch.cat([vertical_in[l][:, :, 1:], F.pad(row_in, (p, p))], dim=2)
-                v_pre = layer.vertical_conv(vertical_in[l])
+                rings[l][:, :, i % (p + 1), p:p + width] = row_in[:, :, 0]
+                v_pre = F.conv2d(rings[l], rotations[l][i % (p + 1)], layer.vertical_conv.bias)
                 v_pre = v_pre + layer.conditioning(layer.class_vertical, layer.cond_vertical, labels,
                                                    cond_row, v_pre)
-                links[l] = layer.link(v_pre)[:, :, 0]
-                row_in = gate(v_pre, 1)
+                link = layer.link.weight[:, :, 0, 0]
+                torch.add(v_pre[:, :, 0].transpose(1, 2) @ link.t(), constant[l], out=row_bias[l])
+                if l < len(self.layers) - 1:
+                    row_in = gate(v_pre, 1)
+            add_spatial_conditioning(i + 1)
         # (H, n, C, W, levels) -> (n, levels, C, H, W), the layout of forward's logits.
         return torch.stack(rows).permute(1, 4, 2, 0, 3) if keep_logits else None
