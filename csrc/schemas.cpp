@@ -33,6 +33,13 @@ TORCH_LIBRARY(genfast, m) {
         "Tensor dilated_weight, Tensor gate_bias, Tensor out_weight, Tensor out_bias, "
         "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2, "
         "int[] dilations) -> Tensor");
+  // One image row of cached Gated PixelCNN sampling (layout in csrc/gated_pixelcnn_row.h):
+  // walks the row's sub-pixels, returns the drawn values (N, C, W) and logits (N, C, W, V).
+  m.def("gated_pixelcnn_row(Tensor prefix, Tensor known, Tensor uniforms, float temperature, "
+        "Tensor feature_table, Tensor row_bias, Tensor first_weight, Tensor horizontal_weight, "
+        "Tensor residual_weight, Tensor residual_bias, Tensor skip_weight, Tensor skip_bias, "
+        "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2) "
+        "-> (Tensor, Tensor)");
   // One row of PixelCNN's cached sampler (layout in csrc/pixelcnn_row.h): the centre-row
   // taps and per-position layers of every sub-pixel of the row, with the draws; returns
   // (values, logits, reduce_rows).

@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include "../wavenet_step.h"
+#include "warp_draw.cuh"
 
 namespace genfast {
 namespace {
@@ -236,48 +237,15 @@ __device__ void dense_phase(const Params<T>& p, const Input& x, int kdim, const 
   }
 }
 
-// One warp per sequence: the inverse-CDF draw over the levels (see wavenet_step.h). Each
-// lane sums a contiguous run of levels; a warp scan of the run sums gives the CDF.
+// One warp per sequence: the inverse-CDF draw over the levels (warp_draw.cuh).
 template <typename T>
 __device__ void draw_phase(const Params<T>& p) {
   if (p.step < p.known_steps) return;
-  const int lane = threadIdx.x % 32;
   const int warps = gridDim.x * kWarps;
-  const int per_lane = (p.levels + 31) / 32;
-  const int begin = min(p.levels, lane * per_lane), end = min(p.levels, begin + per_lane);
-  constexpr unsigned kAll = 0xffffffffu;
   for (int n = blockIdx.x * kWarps + threadIdx.x / 32; n < p.batch; n += warps) {
-    const T* logits = p.logits + int64_t(n) * p.levels;
-    bool finite = true;
-    double z_max = -INFINITY;
-    for (int i = begin; i < end; ++i) {
-      const double v = static_cast<double>(logits[i]);
-      finite = finite && isfinite(v);
-      z_max = fmax(z_max, tempered_logit(v, p.temperature));
-    }
-    finite = __all_sync(kAll, finite);
-    for (int s = 16; s > 0; s /= 2) z_max = fmax(z_max, __shfl_xor_sync(kAll, z_max, s));
-    double run = 0;
-    for (int i = begin; i < end; ++i) {
-      run += exp(tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
-    }
-    double scan = run;  // inclusive prefix sum of the lanes' runs
-    for (int s = 1; s < 32; s *= 2) {
-      const double other = __shfl_up_sync(kAll, scan, s);
-      if (lane >= s) scan += other;
-    }
-    const double total = __shfl_sync(kAll, scan, 31);
-    const double threshold = p.uniforms[p.step * p.batch + n] * total;
-    double cdf = scan - run;
-    int count = 0;
-    for (int i = begin; i < end; ++i) {
-      cdf += exp(tempered_logit(static_cast<double>(logits[i]), p.temperature) - z_max);
-      count += cdf <= threshold ? 1 : 0;
-    }
-    for (int s = 16; s > 0; s /= 2) count += __shfl_xor_sync(kAll, count, s);
-    if (lane == 0) {
-      p.samples[int64_t(n) * p.length + p.step] = finite ? clamp_level(count, p.levels) : -1;
-    }
+    const int64_t level = warp_draw(p.logits + int64_t(n) * p.levels, p.levels,
+                                    p.uniforms[p.step * p.batch + n], p.temperature);
+    if (threadIdx.x % 32 == 0) p.samples[int64_t(n) * p.length + p.step] = level;
   }
 }
 

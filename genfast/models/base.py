@@ -296,12 +296,37 @@ class AutoregressiveImageModel(nn.Module):
                     value = inverse_cdf(logits, u[i, j, c], temperature)
                     x[:, c, i, j] = value if todo is None else torch.where(todo, value, x[:, c, i, j])
 
-    def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str) -> None:
+    def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str,
+                       keep_logits: bool = False) -> torch.Tensor | None:
         """Fills the sub-pixels of x (n, channels, H, W) where `known` is False, in
         place, in raster/colour order with uniforms u (H, W, channels, n), stepping
         the network with per-layer caches (the same images as _sample_naive from the
-        same uniforms)."""
+        same uniforms). With keep_logits, returns every sub-pixel's logits
+        (n, levels, channels, H, W)."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def cached_logits(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                      cond: torch.Tensor | None = None, *, impl: str | None = None) -> torch.Tensor:
+        """The logits (N, levels, channels, H, W) of integer images x computed the way the
+        cached sampler computes them, every sub-pixel known (teacher forcing): equal to
+        self(x) up to float rounding. For tests and debugging."""
+        self.check_images(x)
+        if tuple(x.shape[2:]) != self.image_size:
+            raise ValueError(f"{type(self).__name__}.cached_logits: x must be {self.image_size} "
+                             f"images, got {tuple(x.shape[2:])}")
+        n, channels, height, width = x.shape
+        self.check_conditioning(n, height, width, labels, cond)
+        if cond is not None:
+            cond = cond.to(self._compute_dtype(cond.device))
+        u = torch.zeros((height, width, channels, n), dtype=torch.float64, device=x.device)
+        was_training = self.training
+        self.eval()
+        try:
+            return self._sample_cached(x.long().clone(), torch.ones_like(x, dtype=torch.bool), u, labels,
+                                       cond, 1.0, self.impl if impl is None else impl, keep_logits=True)
+        finally:
+            self.train(was_training)
 
     def _place_prefix(self, x, known, prefix, known_mask, n: int) -> int:
         """Writes the known sub-pixels of prefix into x and known; returns its rows."""

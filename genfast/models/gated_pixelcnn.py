@@ -27,6 +27,14 @@ L layers the output at (i, j, c) sees rows i-1-L*p..i-1 at columns j-L*p..j+L*p,
 at columns j-L*p..j-1, and the colours < c at (i, j): the whole causal past once L*p
 reaches the image size, with no blind spot. The output layers (relu, 1x1 'B', relu,
 1x1 'B' to channels * levels) work per position.
+
+Cached sampling (`sample(method="cached")`, the default) exploits that split: the
+vertical stack of row i sees only rows < i (through the link), so it runs once per
+row as batched convolutions on a ring buffer of each layer's last p + 1 vertical
+input rows; the horizontal stack, the head and the draws of the row's sub-pixels run
+in one genfast.ops.gated_pixelcnn_row call. Cache memory: per layer p + 1 rows of
+vertical input, one row of vertical link terms and one row of horizontal input,
+O(batch * layers * hidden * (p + 1) * width), never the activations of every step.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ from torch import nn
 
 from genfast.models.base import AutoregressiveImageModel, pointwise, run_masked
 from genfast.nn import MaskedConv2d
+from genfast.ops.gated_pixelcnn_row import GatedRowWeights, gated_pixelcnn_row
 from genfast.ops.masked_conv2d import MAX_KERNEL_SIZE
 
 
@@ -153,3 +162,86 @@ class GatedPixelCNN(AutoregressiveImageModel):
             skips = skips[:, :, -1:]
         out = run_masked(self.output_hidden, torch.relu(skips))
         return self.output_logits(run_masked(self.output_conv, torch.relu(out)))
+
+    # -- cached sampling ------------------------------------------------------------
+    def pack_row_weights(self) -> GatedRowWeights:
+        """The horizontal stack and output head packed for gated_pixelcnn_row (masks
+        applied, K x out matrices), in the parameters' dtype."""
+        def matrix(layer):  # a 1x1 layer's (out, in) weight, masked, as (in, out)
+            weight = layer.weight if not isinstance(layer, MaskedConv2d) else layer.weight * layer.mask
+            return weight[:, :, 0, 0].t()
+
+        def taps(conv):  # a 1 x k masked conv's live taps j-p..j as (T, in, out)
+            weight = (conv.weight * conv.mask)[:, :, 0, : self.kernel_size // 2 + 1]
+            return weight.permute(2, 1, 0)
+
+        first = self.layers[0]
+        dtype = first.vertical_conv.weight.dtype
+        if self.embedding is None:
+            table = (torch.arange(self.levels, dtype=dtype, device=first.vertical_conv.weight.device)
+                     * (2.0 / (self.levels - 1)) - 1.0)[:, None]
+        else:
+            table = self.embedding.weight.to(dtype)
+        hidden = self.hidden
+        later = [taps(layer.horizontal_conv) for layer in self.layers[1:]]
+        horizontal = (torch.stack(later) if later else
+                      table.new_zeros((0, self.kernel_size // 2 + 1, hidden, 2 * hidden)))
+        zeros = table.new_zeros((hidden, hidden))
+        residual = [matrix(l.horizontal_out) if l.horizontal_out is not None else zeros
+                    for l in self.layers]
+        residual_bias = [l.horizontal_out.bias if l.horizontal_out is not None else zeros[0]
+                         for l in self.layers]
+        return GatedRowWeights(
+            feature_table=table.contiguous(), first_weight=taps(first.horizontal_conv).contiguous(),
+            horizontal_weight=horizontal.contiguous(), residual_weight=torch.stack(residual),
+            residual_bias=torch.stack(residual_bias),
+            skip_weight=torch.stack([matrix(l.skip) for l in self.layers]),
+            skip_bias=torch.stack([l.skip.bias for l in self.layers]),
+            head_weight1=matrix(self.output_hidden).contiguous(), head_bias1=self.output_hidden.bias,
+            head_weight2=matrix(self.output_conv).contiguous(), head_bias2=self.output_conv.bias)
+
+    def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str,
+                       keep_logits: bool = False) -> torch.Tensor | None:
+        n, _, height, width = x.shape
+        p = self.kernel_size // 2
+        weights = self.pack_row_weights()
+        # Per layer: its last p + 1 vertical input rows, padded p columns each side.
+        vertical_in = [weights.feature_table.new_zeros((n, l.vertical_conv.in_channels, p + 1, width + 2 * p))
+                       for l in self.layers]
+        # Per layer: the link of the row above's vertical pre-activations (its bias
+        # alone above row 0, where shift_down gives zeros).
+        links = [l.link.bias[None, :, None].expand(n, -1, width) for l in self.layers]
+        class_terms = [0 if l.class_horizontal is None else l.class_horizontal(labels)[:, :, None]
+                       for l in self.layers]
+        rows = []  # each row's logits (n, C, W, levels), with keep_logits
+        for i in range(height):
+            cond_row = None if cond is None else cond[:, :, i:i + 1]
+            row_bias = []
+            for l, layer in enumerate(self.layers):
+                term = links[l] + layer.horizontal_conv.bias[None, :, None] + class_terms[l]
+                if layer.cond_horizontal is not None:
+                    term = term + layer.cond_horizontal(cond_row)[:, :, 0]
+                row_bias.append(term.transpose(1, 2))
+            values, logits = gated_pixelcnn_row(x[:, :, i], known[:, :, i], u[i], temperature,
+                                                torch.stack(row_bias), weights, impl=impl)
+            if keep_logits:
+                rows.append(logits)
+            failed = (values < 0).nonzero()
+            if failed.numel():
+                _, colour, column = failed[0].tolist()
+                raise RuntimeError(f"{type(self).__name__}.sample: the network produced non-finite "
+                                   f"logits at row {i}, column {column}, colour {colour}")
+            x[:, :, i] = values
+            if i == height - 1:
+                break
+            # The vertical stack on row i, for the links of row i + 1.
+            row_in = self.input_features(x[:, :, i:i + 1])
+            for l, layer in enumerate(self.layers):
+                vertical_in[l] = torch.cat([vertical_in[l][:, :, 1:], F.pad(row_in, (p, p))], dim=2)
+                v_pre = layer.vertical_conv(vertical_in[l])
+                v_pre = v_pre + layer.conditioning(layer.class_vertical, layer.cond_vertical, labels,
+                                                   cond_row, v_pre)
+                links[l] = layer.link(v_pre)[:, :, 0]
+                row_in = gate(v_pre, 1)
+        # (H, n, C, W, levels) -> (n, levels, C, H, W), the layout of forward's logits.
+        return torch.stack(rows).permute(1, 4, 2, 0, 3) if keep_logits else None

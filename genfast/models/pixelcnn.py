@@ -138,10 +138,12 @@ class PixelCNN(AutoregressiveImageModel):
             output_weight=matrix(self.output_conv).contiguous(),
             output_bias=bias(self.output_conv))
 
-    def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str) -> None:
+    def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str,
+                       keep_logits: bool = False) -> torch.Tensor | None:
         """Row by row: the rows-above parts of the k x k layers as batched convolutions
         over the cached rows, then one pixelcnn_row call for the centre row and the
-        per-position layers (see the module docstring)."""
+        per-position layers (see the module docstring). With keep_logits, returns every
+        sub-pixel's logits (n, levels, channels, H, W)."""
         model = type(self).__name__
         n, _, height, width = x.shape
         dtype, device = self._compute_dtype(x.device), x.device
@@ -155,6 +157,7 @@ class PixelCNN(AutoregressiveImageModel):
             conv_above = torch.cat([self._masked_weight(b[1], dtype, device)[:, :, :1] for b in self.blocks])
             conv_bias = torch.cat([b[1].bias.detach().to(dtype) for b in self.blocks])
         reduce_rows = torch.zeros(blocks, n, width, hidden, dtype=dtype, device=device)
+        kept = [] if keep_logits else None
         for i in range(height):
             # The input conv's rows i-p..i-1 (zero rows above the image).
             row_bias = input_bias[:, :, None, None]
@@ -170,7 +173,7 @@ class PixelCNN(AutoregressiveImageModel):
                 block_bias = block_bias.view(n, blocks, hidden, width).permute(1, 0, 3, 2)
             else:
                 block_bias = reduce_rows
-            values, _, reduce_rows = pixelcnn_row(
+            values, logits, reduce_rows = pixelcnn_row(
                 x[:, :, i], known[:, :, i], u[i], temperature, row_bias.contiguous(),
                 block_bias.contiguous(), weights, impl=impl)
             failed = values < 0  # a drawn sub-pixel whose logits were not finite
@@ -180,3 +183,8 @@ class PixelCNN(AutoregressiveImageModel):
                 raise RuntimeError(f"{model}.sample: the network produced non-finite logits at "
                                    f"row {i}, column {j}, colour {c}")
             x[:, :, i] = values
+            if keep_logits:
+                kept.append(logits)
+        if keep_logits:
+            return torch.stack(kept, dim=2).permute(0, 4, 1, 2, 3)  # (N, C, H, W, L) -> (N, L, C, H, W)
+        return None

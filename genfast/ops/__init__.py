@@ -4,6 +4,8 @@ csrc/schemas.cpp, its kernels in csrc/cpu/name.cpp and csrc/cuda/name.cu, its te
 in tests/test_name.py and its benchmark in benchmarks/test_bench_name.py.
 gradient_penalty_interpolate shares the files of gradient_penalty."""
 from genfast.ops.code_statistics import code_statistics, code_statistics_reference
+from genfast.ops.gated_pixelcnn_row import (GatedRowWeights, gated_pixelcnn_row,
+                                            gated_pixelcnn_row_reference)
 from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_interpolate,
                                           gradient_penalty_interpolate_reference,
                                           gradient_penalty_reference)
@@ -15,9 +17,10 @@ from genfast.ops.wavenet_step import (WaveNetWeights, draw_from_logits, wavenet_
 
 # The public ops (each takes impl="auto" | "ext" | "reference").
 OPS = ("masked_conv2d", "gradient_penalty", "gradient_penalty_interpolate", "nearest_code",
-       "code_statistics", "wavenet_step", "pixelcnn_row")
+       "code_statistics", "wavenet_step", "gated_pixelcnn_row", "pixelcnn_row")
 
-__all__ = ["OPS", "WaveNetWeights", "code_statistics", "code_statistics_reference",
+__all__ = ["OPS", "GatedRowWeights", "WaveNetWeights", "code_statistics", "code_statistics_reference",
+           "gated_pixelcnn_row", "gated_pixelcnn_row_reference",
            "draw_from_logits", "gradient_penalty", "gradient_penalty_interpolate",
            "gradient_penalty_interpolate_reference", "gradient_penalty_reference", "masked_conv2d",
            "masked_conv2d_mask", "masked_conv2d_reference", "nearest_code", "nearest_code_reference",

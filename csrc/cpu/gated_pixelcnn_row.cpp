@@ -1,0 +1,178 @@
+// gated_pixelcnn_row on the CPU: images are split over threads in blocks of kRows
+// (each thread walks the whole row for its blocks, so threads never wait for each
+// other); at every sub-pixel each layer's colour group is a few small
+// register-blocked GEMMs over the packed weights (csrc/cpu/step_kernels.h).
+#include <algorithm>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../gated_pixelcnn_row.h"
+#include "../sampling_math.h"
+#include "step_kernels.h"
+
+namespace genfast {
+namespace {
+
+template <typename T>
+struct RowArgs {
+  const GatedRowShape* shape;
+  const int64_t* prefix;
+  const bool* known;
+  const double* uniforms;
+  double temperature;
+  const T *feature_table, *row_bias, *first_weight, *horizontal_weight, *residual_weight,
+      *residual_bias, *skip_weight, *skip_bias, *head_weight1, *head_bias1, *head_weight2,
+      *head_bias2;
+  int64_t* values;
+  T* logits;
+};
+
+// Walks the row for images [b0, b1), at most kRows at a time.
+template <typename T>
+void walk_row(const RowArgs<T>& a, const MathKernels<T>& math, int64_t b0, int64_t b1) {
+  const GatedRowShape& s = *a.shape;
+  const int64_t C = s.channels, W = s.width, V = s.levels, E = s.features, H = s.hidden;
+  const int64_t P = s.pre(), L = s.layers, T_ = s.taps, K0 = s.input_channels();
+  const int64_t Hg = H / C, Pg = P / C;  // one colour group's channels
+  const int64_t padded = W + T_ - 1;     // row buffers keep T - 1 zero columns on the left
+  // Row buffers: the first layer's input features and every later layer's input.
+  std::vector<T> input0(kRows * padded * K0), inputs(std::max<int64_t>(L - 1, 0) * kRows * padded * H);
+  // Per position: every layer's gated units, the skip sum, the head's hidden layer.
+  std::vector<T> gated(L * kRows * H), skip(kRows * H), head_in(kRows * H), hidden(kRows * H);
+  std::vector<T> z(kRows * Pg), y(kRows * Hg);
+  std::vector<double> cdf(V);
+  std::vector<const T*> x(T_ * kRows);
+  auto layer_input = [&](int64_t l, int r, int64_t column) -> T* {  // column may be -p..W-1
+    const int64_t slot = column + T_ - 1;
+    return l == 0 ? input0.data() + (r * padded + slot) * K0
+                  : inputs.data() + (((l - 1) * kRows + r) * padded + slot) * H;
+  };
+
+  for (int64_t r0 = b0; r0 < b1; r0 += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, b1 - r0));
+    std::fill(input0.begin(), input0.end(), T(0));
+    std::fill(inputs.begin(), inputs.end(), T(0));
+    for (int64_t j = 0; j < W; ++j) {
+      // Groups above the current colour must read as zeros (the masks zero their weights).
+      std::fill(gated.begin(), gated.end(), T(0));
+      std::fill(skip.begin(), skip.end(), T(0));
+      std::fill(hidden.begin(), hidden.end(), T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t K = l == 0 ? K0 : H;
+          const T* w = l == 0 ? a.first_weight : a.horizontal_weight + (l - 1) * T_ * H * P;
+          for (int64_t t = 0; t < T_; ++t) {
+            for (int r = 0; r < rows; ++r) x[t * kRows + r] = layer_input(l, r, j - (T_ - 1) + t);
+          }
+          math.gemm(rows, static_cast<int>(T_), x.data(), K, w + c * Pg, P, Pg, nullptr, z.data(), Pg);
+          T* g = gated.data() + l * kRows * H;
+          for (int r = 0; r < rows; ++r) {
+            const T* bias = a.row_bias + ((l * s.batch + r0 + r) * W + j) * P + c * Pg;
+            math.gate(z.data() + r * Pg, bias, Hg, g + r * H + c * Hg);
+            x[r] = g + r * H;
+          }
+          math.gemm(rows, 1, x.data(), H, a.skip_weight + l * H * H + c * Hg, H, Hg,
+                    a.skip_bias + l * H + c * Hg, y.data(), Hg);
+          for (int r = 0; r < rows; ++r) {
+            T* acc = skip.data() + r * H + c * Hg;
+            for (int64_t o = 0; o < Hg; ++o) acc[o] += y[r * Hg + o];
+          }
+          if (l == L - 1) continue;  // the last layer has no horizontal output
+          math.gemm(rows, 1, x.data(), H, a.residual_weight + l * H * H + c * Hg, H, Hg,
+                    a.residual_bias + l * H + c * Hg, y.data(), Hg);
+          for (int r = 0; r < rows; ++r) {
+            T* out = layer_input(l + 1, r, j) + c * Hg;
+            const T* res = l == 0 ? nullptr : layer_input(l, r, j) + c * Hg;
+            for (int64_t o = 0; o < Hg; ++o) out[o] = y[r * Hg + o] + (res ? res[o] : T(0));
+          }
+        }
+        // Output head: relu -> 1x1 -> relu -> 1x1 to colour c's levels, then the draw.
+        for (int r = 0; r < rows; ++r) {
+          for (int64_t o = 0; o < H; ++o) head_in[r * H + o] = relu_value(skip[r * H + o]);
+          x[r] = head_in.data() + r * H;
+        }
+        math.gemm(rows, 1, x.data(), H, a.head_weight1 + c * Hg, H, Hg, a.head_bias1 + c * Hg,
+                  y.data(), Hg);
+        for (int r = 0; r < rows; ++r) {
+          for (int64_t o = 0; o < Hg; ++o) hidden[r * H + c * Hg + o] = relu_value(y[r * Hg + o]);
+          x[r] = hidden.data() + r * H;
+        }
+        T* logits = a.logits + ((r0 * C + c) * W + j) * V;
+        math.gemm(rows, 1, x.data(), H, a.head_weight2 + c * V, C * V, V, a.head_bias2 + c * V,
+                  logits, C * W * V);
+        for (int r = 0; r < rows; ++r) {
+          const int64_t n = r0 + r, at = (n * C + c) * W + j;
+          const int64_t value =
+              a.known[at] ? a.prefix[at]
+                          : draw(logits + r * C * W * V, V, a.uniforms[(j * C + c) * s.batch + n],
+                                 a.temperature, cdf.data());
+          a.values[at] = value;
+          T* feature = layer_input(0, r, j) + c * E;
+          for (int64_t e = 0; e < E; ++e) feature[e] = value >= 0 ? a.feature_table[value * E + e] : T(0);
+        }
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cpu(
+    const at::Tensor& prefix, const at::Tensor& known, const at::Tensor& uniforms,
+    double temperature, const at::Tensor& feature_table, const at::Tensor& row_bias,
+    const at::Tensor& first_weight, const at::Tensor& horizontal_weight,
+    const at::Tensor& residual_weight, const at::Tensor& residual_bias,
+    const at::Tensor& skip_weight, const at::Tensor& skip_bias, const at::Tensor& head_weight1,
+    const at::Tensor& head_bias1, const at::Tensor& head_weight2, const at::Tensor& head_bias2) {
+  const GatedRowShape shape = check_gated_pixelcnn_row(
+      prefix, known, uniforms, temperature, feature_table, row_bias, first_weight,
+      horizontal_weight, residual_weight, residual_bias, skip_weight, skip_bias, head_weight1,
+      head_bias1, head_weight2, head_bias2);
+  TORCH_CHECK(row_bias.device().is_cpu(), "gated_pixelcnn_row: row_bias must be a CPU tensor, got ",
+              row_bias.device());
+  const at::Tensor t[] = {prefix.contiguous(), known.contiguous(), uniforms.contiguous(),
+                          feature_table.contiguous(), row_bias.contiguous(),
+                          first_weight.contiguous(), horizontal_weight.contiguous(),
+                          residual_weight.contiguous(), residual_bias.contiguous(),
+                          skip_weight.contiguous(), skip_bias.contiguous(),
+                          head_weight1.contiguous(), head_bias1.contiguous(),
+                          head_weight2.contiguous(), head_bias2.contiguous()};
+  at::Tensor values = at::empty(prefix.sizes(), prefix.options());
+  at::Tensor logits = at::empty({shape.batch, shape.channels, shape.width, shape.levels},
+                                row_bias.options());
+  AT_DISPATCH_FLOATING_TYPES(row_bias.scalar_type(), "gated_pixelcnn_row_cpu", [&] {
+    RowArgs<scalar_t> a{&shape,
+                        t[0].const_data_ptr<int64_t>(),
+                        t[1].const_data_ptr<bool>(),
+                        t[2].const_data_ptr<double>(),
+                        temperature,
+                        t[3].const_data_ptr<scalar_t>(),
+                        t[4].const_data_ptr<scalar_t>(),
+                        t[5].const_data_ptr<scalar_t>(),
+                        t[6].const_data_ptr<scalar_t>(),
+                        t[7].const_data_ptr<scalar_t>(),
+                        t[8].const_data_ptr<scalar_t>(),
+                        t[9].const_data_ptr<scalar_t>(),
+                        t[10].const_data_ptr<scalar_t>(),
+                        t[11].const_data_ptr<scalar_t>(),
+                        t[12].const_data_ptr<scalar_t>(),
+                        t[13].const_data_ptr<scalar_t>(),
+                        t[14].const_data_ptr<scalar_t>(),
+                        values.mutable_data_ptr<int64_t>(),
+                        logits.mutable_data_ptr<scalar_t>()};
+    const MathKernels<scalar_t> math = math_kernels<scalar_t>();
+    // At least 8 images per thread: a smaller share is not worth a thread's wake-up.
+    const int64_t blocks = (shape.batch + kRows - 1) / kRows;
+    at::parallel_for(0, blocks, 8 / kRows, [&](int64_t begin, int64_t end) {
+      walk_row(a, math, begin * kRows, std::min(end * kRows, shape.batch));
+    });
+  });
+  return {values, logits};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genfast, CPU, m) { m.impl("gated_pixelcnn_row", &gated_pixelcnn_row_cpu); }
+
+}  // namespace genfast

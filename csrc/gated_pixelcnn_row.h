@@ -1,0 +1,55 @@
+// gated_pixelcnn_row: one image row of cached Gated PixelCNN sampling — what the CPU
+// and CUDA kernels share: the layout of the arguments and their checks.
+//
+// The vertical stack of a row does not depend on the row itself, so the sampler
+// (genfast.models.GatedPixelCNN) computes it once per row with batched convolutions
+// and hands this op, per layer, everything the horizontal stack adds at each
+// position that does not depend on the current row (`row_bias`). The op then walks
+// the row: for each column j and colour c it computes colour group c of every
+// layer's horizontal stack at (i, j) only — taps j-p..j of the layer's input row —
+// the gate, the skip sum, the output head and the inverse-CDF draw.
+//
+// N images, C colours (= colour groups), W columns, V levels, E features per colour,
+// H hidden channels (a multiple of C), P = 2H pre-activation channels, T = p + 1
+// taps (columns j-p..j), L layers. Group g owns channel block g of every tensor.
+//   prefix        (N, C, W) int64   values of the known sub-pixels (others ignored)
+//   known         (N, C, W) bool
+//   uniforms      (W, C, N) float64 one per sub-pixel
+//   feature_table (V, E)            the input features of each level (the model's
+//                                   scaled level or learned embedding)
+//   row_bias      (L, N, W, P)      horizontal conv bias + link of the vertical stack
+//                                   of the row above + class and spatial conditioning
+//   first_weight  (T, C*E, P)       layer 0's horizontal conv, tap-major, K x P,
+//                                   mask 'A' applied (zeros)
+//   horizontal_weight (L-1, T, H, P) layers 1.. (mask 'B')
+//   residual_weight (L, H, H), residual_bias (L, H)   horizontal_out 1x1, K x H
+//                                   (the last layer's is unused: it has none)
+//   skip_weight (L, H, H), skip_bias (L, H)
+//   head_weight1 (H, H), head_bias1 (H), head_weight2 (H, C*V), head_bias2 (C*V)
+// Returns values (N, C, W) int64 (-1 where the logits were not finite) and logits
+// (N, C, W, V) in the weights' dtype.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "common.h"
+
+namespace genfast {
+
+struct GatedRowShape {
+  int64_t batch, channels, width, levels, features, hidden, taps, layers;
+  int64_t input_channels() const { return channels * features; }
+  int64_t pre() const { return 2 * hidden; }
+};
+
+// Checks every argument (names, shapes, dtypes, devices, ranges of the known values)
+// the same way on every backend and returns the sizes.
+GatedRowShape check_gated_pixelcnn_row(
+    const at::Tensor& prefix, const at::Tensor& known, const at::Tensor& uniforms,
+    double temperature, const at::Tensor& feature_table, const at::Tensor& row_bias,
+    const at::Tensor& first_weight, const at::Tensor& horizontal_weight,
+    const at::Tensor& residual_weight, const at::Tensor& residual_bias,
+    const at::Tensor& skip_weight, const at::Tensor& skip_bias, const at::Tensor& head_weight1,
+    const at::Tensor& head_bias1, const at::Tensor& head_weight2, const at::Tensor& head_bias2);
+
+}  // namespace genfast
