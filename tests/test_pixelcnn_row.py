@@ -269,6 +269,21 @@ def test_opcheck(seed):
     torch.library.opcheck(torch.ops.genfast.pixelcnn_row.default, args)
 
 
+@requires_ext
+def test_torch_compile():
+    values, known, uniforms, temperature, input_bias, block_bias, weights = random_row(650, "cpu", torch.float32)
+
+    def row(values, known, uniforms, input_bias, block_bias):
+        return pixelcnn_row(values, known, uniforms, temperature, input_bias, block_bias, weights, impl="ext")
+
+    compiled = torch.compile(row, fullgraph=True, backend="aot_eager")
+    got = compiled(values, known, uniforms, input_bias, block_bias)
+    want = row(values, known, uniforms, input_bias, block_bias)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2])
+
+
 def _ok_case():
     values, known, uniforms, temperature, input_bias, block_bias, weights = random_row(11, "cpu", torch.float32)
     return dict(values=values, known=known, uniforms=uniforms, temperature=temperature,

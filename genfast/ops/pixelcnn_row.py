@@ -135,7 +135,8 @@ def check_pixelcnn_row(values, known, uniforms, temperature, input_bias, block_b
             _fail(ValueError, f"{name} must have shape {expected[name]}, got {tuple(t.shape)}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         _fail(ValueError, f"temperature must be a finite number > 0, got {temperature!r}")
-    if (known & ((values < 0) | (values >= levels))).any():
+    # A data-dependent check: under torch.compile the kernel's own check reports it.
+    if not torch.compiler.is_compiling() and (known & ((values < 0) | (values >= levels))).any():
         _fail(ValueError, f"known values must be levels in [0, {levels})")
 
 
