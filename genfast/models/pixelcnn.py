@@ -94,7 +94,6 @@ class PixelCNN(AutoregressiveImageModel):
         out = run_masked(self.output_hidden, torch.relu(h))
         return self.output_logits(run_masked(self.output_conv, torch.relu(out)))
 
-
     # -- cached sampling ------------------------------------------------------------
     def _masked_weight(self, layer: nn.Conv2d, dtype, device) -> torch.Tensor:
         weight = layer.weight.detach()
@@ -149,33 +148,37 @@ class PixelCNN(AutoregressiveImageModel):
         dtype, device = self._compute_dtype(x.device), x.device
         weights = self.pack_row_weights(dtype, device)
         p, blocks, hidden = self.input_kernel // 2, self.num_blocks, self.hidden
+        # The input conv's rows i-p..i-1 (columns j-p..j+p) as a matrix over unfolded
+        # windows, (Cin * p * k, R).
         input_above = self._masked_weight(self.input_conv, dtype, device)[:, :, :p]
+        input_above = input_above.reshape(input_above.shape[0], -1).t()
         input_bias = self.input_conv.bias.detach().to(dtype).expand(n, -1)
         if self.class_embedding is not None:
             input_bias = input_bias + self.class_embedding(labels).detach().to(dtype)
-        if blocks:
-            conv_above = torch.cat([self._masked_weight(b[1], dtype, device)[:, :, :1] for b in self.blocks])
-            conv_bias = torch.cat([b[1].bias.detach().to(dtype) for b in self.blocks])
+        input_bias = input_bias[:, None, :]                                  # (N, 1, R)
+        # Each block's 3x3 row i-1 as one product with its three taps side by side,
+        # (B, Hd, 3 * Hd), whose tap outputs are then shifted into place.
+        conv_above = torch.stack([self._masked_weight(b[1], dtype, device)[:, :, 0].permute(1, 2, 0).reshape(hidden, -1)
+                                  for b in self.blocks]) if blocks else None
+        conv_bias = torch.stack([b[1].bias.detach().to(dtype) for b in self.blocks])[:, None, None] if blocks else None
         reduce_rows = torch.zeros(blocks, n, width, hidden, dtype=dtype, device=device)
         kept = [] if keep_logits else None
         for i in range(height):
-            # The input conv's rows i-p..i-1 (zero rows above the image).
-            row_bias = input_bias[:, :, None, None]
+            row_bias = input_bias.expand(n, width, -1)
             if p:
                 feats = self.input_features(x[:, :, max(0, i - p):i])
-                feats = F.pad(feats, (0, 0, p - feats.shape[2], 0))
-                row_bias = row_bias + F.conv2d(feats, input_above, padding=(0, p))
-            row_bias = row_bias.expand(n, -1, 1, width)[:, :, 0].transpose(1, 2)  # (N, W, R)
-            # Each block's 3x3 on row i-1 of its reduce output.
+                feats = F.pad(feats, (p, p, p - feats.shape[2], 0))          # zeros outside the image
+                windows = feats.unfold(3, 2 * p + 1, 1).permute(0, 3, 1, 2, 4).reshape(n, width, -1)
+                row_bias = torch.baddbmm(row_bias, windows, input_above.expand(n, -1, -1))
+            block_bias = reduce_rows
             if blocks:
-                prev = reduce_rows.permute(1, 0, 3, 2).reshape(n, blocks * hidden, 1, width)
-                block_bias = F.conv2d(prev, conv_above, conv_bias, padding=(0, 1), groups=blocks)
-                block_bias = block_bias.view(n, blocks, hidden, width).permute(1, 0, 3, 2)
-            else:
-                block_bias = reduce_rows
+                taps = torch.bmm(reduce_rows.reshape(blocks, n * width, hidden), conv_above)
+                taps = taps.view(blocks, n, width, 3, hidden)
+                block_bias = taps[:, :, :, 1] + conv_bias                  # column j
+                block_bias[:, :, 1:] += taps[:, :, :-1, 0]                 # column j - 1
+                block_bias[:, :, :-1] += taps[:, :, 1:, 2]                 # column j + 1
             values, logits, reduce_rows = pixelcnn_row(
-                x[:, :, i], known[:, :, i], u[i], temperature, row_bias.contiguous(),
-                block_bias.contiguous(), weights, impl=impl)
+                x[:, :, i], known[:, :, i], u[i], temperature, row_bias, block_bias, weights, impl=impl)
             failed = values < 0  # a drawn sub-pixel whose logits were not finite
             if failed.any():
                 first = failed.permute(2, 1, 0).reshape(-1).nonzero()[0].item()
