@@ -40,4 +40,12 @@ TORCH_LIBRARY(genfast, m) {
         "Tensor residual_weight, Tensor residual_bias, Tensor skip_weight, Tensor skip_bias, "
         "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2) "
         "-> (Tensor, Tensor)");
+  // One row of PixelCNN's cached sampler (layout in csrc/pixelcnn_row.h): the centre-row
+  // taps and per-position layers of every sub-pixel of the row, with the draws; returns
+  // (values, logits, reduce_rows).
+  m.def("pixelcnn_row(Tensor values, Tensor known, Tensor uniforms, float temperature, "
+        "Tensor input_bias, Tensor block_bias, Tensor feature_table, Tensor input_weight, "
+        "Tensor reduce_weight, Tensor reduce_bias, Tensor conv_weight, Tensor expand_weight, "
+        "Tensor expand_bias, Tensor hidden_weight, Tensor hidden_bias, Tensor output_weight, "
+        "Tensor output_bias) -> (Tensor, Tensor, Tensor)");
 }

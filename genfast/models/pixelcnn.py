@@ -16,14 +16,26 @@ The receptive field has the blind spot of stacked masked convolutions: however d
 the network, the output at (i, j) sees row i-r (r >= 1) only up to column
 j + k//2 + r - 1; the pixels to the right of that are in its past but unseen
 (tests/test_models_pixelcnn.py::test_the_blind_spot). The Gated PixelCNN removes it.
+
+Cached sampling (`sample(method="cached")`, the default): every k x k masked
+convolution at row i is split into its rows above the centre row, all known when row
+i starts (one batched conv2d per row over the cached rows: the input features of the
+last k//2 image rows, and each block's relu'd 1x1-reduce output of row i-1), and its
+centre row plus the per-position layers, which genfast.ops.pixelcnn_row steps through
+the row one sub-pixel at a time in one op call. Cache memory between rows:
+N * num_blocks * hidden * W values (the reduce rows) plus the last k//2 rows of the
+images (N * channels * k//2 * W levels, whose features are recomputed): O(batch *
+layers * channels * kernel rows * width), independent of the height.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from genfast.models.base import AutoregressiveImageModel, pointwise, run_masked
 from genfast.nn import MaskedConv2d
+from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row
 
 
 class PixelCNN(AutoregressiveImageModel):
@@ -81,3 +93,101 @@ class PixelCNN(AutoregressiveImageModel):
             h = h[:, :, -1:]
         out = run_masked(self.output_hidden, torch.relu(h))
         return self.output_logits(run_masked(self.output_conv, torch.relu(out)))
+
+    # -- cached sampling ------------------------------------------------------------
+    def _masked_weight(self, layer: nn.Conv2d, dtype, device) -> torch.Tensor:
+        weight = layer.weight.detach()
+        if isinstance(layer, MaskedConv2d):
+            weight = weight * layer.mask
+        return weight.to(device=device, dtype=dtype)
+
+    def _feature_table(self, dtype, device) -> torch.Tensor:
+        """The input features of each level, (levels, F): input_features of one sub-pixel."""
+        if self.embedding is None:
+            levels = torch.arange(self.levels, device=device).to(dtype)
+            return (levels * (2.0 / (self.levels - 1)) - 1.0).unsqueeze(1)
+        return self.embedding.weight.detach().to(device=device, dtype=dtype)
+
+    def pack_row_weights(self, dtype: torch.dtype | None = None, device=None) -> PixelCNNRowWeights:
+        """The centre-row weights of genfast.ops.pixelcnn_row (masked entries zeroed)."""
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        dtype = dtype or next(self.parameters()).dtype
+        p, wide, hidden = self.input_kernel // 2, 2 * self.hidden, self.hidden
+        weight = lambda layer: self._masked_weight(layer, dtype, device)  # noqa: E731
+        bias = lambda layer: layer.bias.detach().to(device=device, dtype=dtype)  # noqa: E731
+        matrix = lambda layer: weight(layer)[:, :, 0, 0].t()  # noqa: E731 - a 1x1 as (in, out)
+
+        def stacked(make, *shape):
+            if not self.blocks:
+                return torch.zeros((0, *shape), dtype=dtype, device=device)
+            return torch.stack([make(block) for block in self.blocks]).contiguous()
+
+        # (out, in, taps) -> (taps * in, out): row tap * in + channel.
+        taps = lambda w: w.permute(2, 1, 0).reshape(-1, w.shape[0])  # noqa: E731
+        return PixelCNNRowWeights(
+            feature_table=self._feature_table(dtype, device).contiguous(),
+            input_weight=taps(weight(self.input_conv)[:, :, p, :p + 1]).contiguous(),
+            reduce_weight=stacked(lambda b: matrix(b[0]), wide, hidden),
+            reduce_bias=stacked(lambda b: bias(b[0]), hidden),
+            conv_weight=stacked(lambda b: taps(weight(b[1])[:, :, 1, :2]), 2 * hidden, hidden),
+            expand_weight=stacked(lambda b: matrix(b[2]), hidden, wide),
+            expand_bias=stacked(lambda b: bias(b[2]), wide),
+            hidden_weight=matrix(self.output_hidden).contiguous(),
+            hidden_bias=bias(self.output_hidden),
+            output_weight=matrix(self.output_conv).contiguous(),
+            output_bias=bias(self.output_conv))
+
+    def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str,
+                       keep_logits: bool = False) -> torch.Tensor | None:
+        """Row by row: the rows-above parts of the k x k layers as batched convolutions
+        over the cached rows, then one pixelcnn_row call for the centre row and the
+        per-position layers (see the module docstring). With keep_logits, returns every
+        sub-pixel's logits (n, levels, channels, H, W)."""
+        model = type(self).__name__
+        n, _, height, width = x.shape
+        dtype, device = self._compute_dtype(x.device), x.device
+        weights = self.pack_row_weights(dtype, device)
+        p, blocks, hidden = self.input_kernel // 2, self.num_blocks, self.hidden
+        # The input conv's rows i-p..i-1 (columns j-p..j+p) as a matrix over unfolded
+        # windows, (Cin * p * k, R).
+        input_above = self._masked_weight(self.input_conv, dtype, device)[:, :, :p]
+        input_above = input_above.reshape(input_above.shape[0], -1).t()
+        input_bias = self.input_conv.bias.detach().to(dtype).expand(n, -1)
+        if self.class_embedding is not None:
+            input_bias = input_bias + self.class_embedding(labels).detach().to(dtype)
+        input_bias = input_bias[:, None, :]                                  # (N, 1, R)
+        # Each block's 3x3 row i-1 as one product with its three taps side by side,
+        # (B, Hd, 3 * Hd), whose tap outputs are then shifted into place.
+        conv_above = torch.stack([self._masked_weight(b[1], dtype, device)[:, :, 0].permute(1, 2, 0).reshape(hidden, -1)
+                                  for b in self.blocks]) if blocks else None
+        conv_bias = torch.stack([b[1].bias.detach().to(dtype) for b in self.blocks])[:, None, None] if blocks else None
+        reduce_rows = torch.zeros(blocks, n, width, hidden, dtype=dtype, device=device)
+        kept = [] if keep_logits else None
+        for i in range(height):
+            row_bias = input_bias.expand(n, width, -1)
+            if p:
+                feats = self.input_features(x[:, :, max(0, i - p):i])
+                feats = F.pad(feats, (p, p, p - feats.shape[2], 0))          # zeros outside the image
+                windows = feats.unfold(3, 2 * p + 1, 1).permute(0, 3, 1, 2, 4).reshape(n, width, -1)
+                row_bias = torch.baddbmm(row_bias, windows, input_above.expand(n, -1, -1))
+            block_bias = reduce_rows
+            if blocks:
+                taps = torch.bmm(reduce_rows.reshape(blocks, n * width, hidden), conv_above)
+                taps = taps.view(blocks, n, width, 3, hidden)
+                block_bias = taps[:, :, :, 1] + conv_bias                  # column j
+                block_bias[:, :, 1:] += taps[:, :, :-1, 0]                 # column j - 1
+                block_bias[:, :, :-1] += taps[:, :, 1:, 2]                 # column j + 1
+            values, logits, reduce_rows = pixelcnn_row(
+                x[:, :, i], known[:, :, i], u[i], temperature, row_bias, block_bias, weights, impl=impl)
+            failed = values < 0  # a drawn sub-pixel whose logits were not finite
+            if failed.any():
+                first = failed.permute(2, 1, 0).reshape(-1).nonzero()[0].item()
+                j, c = divmod(first // n, self.channels)
+                raise RuntimeError(f"{model}.sample: the network produced non-finite logits at "
+                                   f"row {i}, column {j}, colour {c}")
+            x[:, :, i] = values
+            if keep_logits:
+                kept.append(logits)
+        if keep_logits:
+            return torch.stack(kept, dim=2).permute(0, 4, 1, 2, 3)  # (N, C, H, W, L) -> (N, L, C, H, W)
+        return None

@@ -11,16 +11,18 @@ from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_int
                                           gradient_penalty_reference)
 from genfast.ops.masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
 from genfast.ops.nearest_code import nearest_code, nearest_code_reference
+from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row, pixelcnn_row_reference
 from genfast.ops.wavenet_step import (WaveNetWeights, draw_from_logits, wavenet_step,
                                       wavenet_step_reference, wavenet_stepper)
 
 # The public ops (each takes impl="auto" | "ext" | "reference").
 OPS = ("masked_conv2d", "gradient_penalty", "gradient_penalty_interpolate", "nearest_code",
-       "code_statistics", "wavenet_step", "gated_pixelcnn_row")
+       "code_statistics", "wavenet_step", "gated_pixelcnn_row", "pixelcnn_row")
 
 __all__ = ["OPS", "GatedRowWeights", "WaveNetWeights", "code_statistics", "code_statistics_reference",
            "gated_pixelcnn_row", "gated_pixelcnn_row_reference",
            "draw_from_logits", "gradient_penalty", "gradient_penalty_interpolate",
            "gradient_penalty_interpolate_reference", "gradient_penalty_reference", "masked_conv2d",
            "masked_conv2d_mask", "masked_conv2d_reference", "nearest_code", "nearest_code_reference",
+           "PixelCNNRowWeights", "pixelcnn_row", "pixelcnn_row_reference",
            "wavenet_step", "wavenet_step_reference", "wavenet_stepper"]

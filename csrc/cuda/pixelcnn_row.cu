@@ -1,0 +1,241 @@
+// pixelcnn_row on CUDA: the whole row (layout and math in csrc/pixelcnn_row.h) in one
+// launch. Images are independent within a row, so each block runs the row of one image
+// (blocks stride over the images) and no grid-wide synchronisation is needed: the
+// block loops over the columns, colours and layers itself, with __syncthreads between
+// the phases. The image's row buffers and per-position vectors live in a zeroed global
+// scratch tensor (its size grows with the model and would not always fit in shared
+// memory; the block re-reads it from L1/L2). Every product is a block-wide GEMV: lanes
+// own output columns (coalesced weight reads), the warps split the reduction and their
+// partial sums are added in warp order, so results are deterministic.
+#include <algorithm>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../pixelcnn_row.h"
+#include "warp_draw.cuh"
+
+namespace genfast {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kMaxGrid = 4096;
+
+template <typename T>
+struct Params {
+  const int64_t* values;
+  const bool* known;
+  const double* uniforms;
+  double temperature;
+  const T *input_bias, *block_bias, *feature_table, *input_weight, *reduce_weight, *reduce_bias;
+  const T *conv_weight, *expand_weight, *expand_bias, *hidden_weight, *hidden_bias;
+  const T *output_weight, *output_bias;
+  int64_t* values_out;
+  T* logits;
+  T* reduce_rows;
+  T* scratch;  // (N, per_image), zeros
+  int batch, channels, width, levels, features, in_channels, pad, wide, hidden, blocks;
+  int64_t per_image;
+};
+
+// Offsets of one image's buffers in the scratch (see the CPU kernel for their roles).
+struct Layout {
+  int64_t feats, reduce, h, h_relu, conv, out_hidden, total;
+  GENFAST_HOST_DEVICE Layout(int64_t pad, int64_t width, int64_t in_channels, int64_t blocks,
+                             int64_t hidden, int64_t wide) {
+    feats = 0;                                     // [p + W][Cin]
+    reduce = feats + (pad + width) * in_channels;  // [b][1 + W][Hd]
+    h = reduce + blocks * (1 + width) * hidden;    // [b][R], b <= B
+    h_relu = h + (blocks + 1) * wide;              // [b][R]
+    conv = h_relu + (blocks + 1) * wide;           // [b][Hd]
+    out_hidden = conv + blocks * hidden;           // [R]
+    total = out_hidden + wide;
+  }
+};
+
+// For col < cols: epilogue(col, sum over k < kdim of x[k] * w[k * ldw + col]). Lanes own
+// 32 columns at a time, warp v sums the v-th contiguous chunk of k, and warp 0 adds the
+// partial sums in warp order. Ends with a barrier, so the epilogue's writes are visible.
+template <typename T, typename Epilogue>
+__device__ void block_gemv(const T* x, int kdim, const T* __restrict__ w, int ldw, int cols,
+                           T (*partial)[32], Epilogue epilogue) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunk = (kdim + kWarps - 1) / kWarps;
+  const int k_begin = min(kdim, warp * chunk), k_end = min(kdim, k_begin + chunk);
+  for (int col0 = 0; col0 < cols; col0 += 32) {
+    const int col = col0 + lane;
+    T acc = T(0);
+    if (col < cols) {
+      for (int k = k_begin; k < k_end; ++k) acc += x[k] * w[int64_t(k) * ldw + col];
+    }
+    partial[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0 && col < cols) {
+      T sum = T(0);
+#pragma unroll
+      for (int v = 0; v < kWarps; ++v) sum += partial[v][lane];
+      epilogue(col, sum);
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) pixelcnn_row_kernel(const Params<T> p) {
+  __shared__ T partial[kWarps][32];
+  const int C = p.channels, W = p.width, L = p.levels, Fe = p.features, Cin = p.in_channels;
+  const int P = p.pad, R = p.wide, Hd = p.hidden, B = p.blocks, N = p.batch;
+  const int gw = R / C, gh = Hd / C;
+  const Layout lay(P, W, Cin, B, Hd, R);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    T* base = p.scratch + int64_t(n) * p.per_image;
+    T* feats = base + lay.feats;
+    auto reduce = [&](int b) { return base + lay.reduce + int64_t(b) * (1 + W) * Hd; };
+    auto h = [&](int b) { return base + lay.h + int64_t(b) * R; };
+    auto h_relu = [&](int b) { return base + lay.h_relu + int64_t(b) * R; };
+    auto conv = [&](int b) { return base + lay.conv + int64_t(b) * Hd; };
+    T* out_hidden = base + lay.out_hidden;
+    for (int j = 0; j < W; ++j) {
+      for (int c = 0; c < C; ++c) {
+        const int o = c * gw, oh = c * gh, kw = (c + 1) * gw, kh = (c + 1) * gh;
+        const T* in_bias = p.input_bias + (int64_t(n) * W + j) * R + o;
+        block_gemv(feats + int64_t(j) * Cin, P * Cin + c * Fe, p.input_weight + o, R, gw, partial,
+                   [&](int q, T s) {
+                     const T v = s + in_bias[q];
+                     h(0)[o + q] = v;
+                     h_relu(0)[o + q] = relu_value(v);
+                   });
+        for (int b = 0; b < B; ++b) {
+          T* red = reduce(b);
+          const T* red_bias = p.reduce_bias + int64_t(b) * Hd + oh;
+          block_gemv(h_relu(b), kw, p.reduce_weight + int64_t(b) * R * Hd + oh, Hd, gh, partial,
+                     [&](int q, T s) { red[int64_t(j + 1) * Hd + oh + q] = relu_value(s + red_bias[q]); });
+          const T* bb = p.block_bias + ((int64_t(b) * N + n) * W + j) * Hd + oh;
+          T* cv = conv(b);
+          block_gemv(red + int64_t(j) * Hd, Hd + kh, p.conv_weight + int64_t(b) * 2 * Hd * Hd + oh, Hd,
+                     gh, partial, [&](int q, T s) { cv[oh + q] = relu_value(s + bb[q]); });
+          const T* eb = p.expand_bias + int64_t(b) * R + o;
+          const T* prev = h(b);
+          T* next = h(b + 1);
+          T* next_relu = h_relu(b + 1);
+          block_gemv(cv, kh, p.expand_weight + int64_t(b) * Hd * R + o, R, gw, partial,
+                     [&](int q, T s) {
+                       const T v = prev[o + q] + s + eb[q];
+                       next[o + q] = v;
+                       next_relu[o + q] = relu_value(v);
+                     });
+        }
+        block_gemv(h_relu(B), kw, p.hidden_weight + o, R, gw, partial,
+                   [&](int q, T s) { out_hidden[o + q] = relu_value(s + p.hidden_bias[o + q]); });
+        T* logits = p.logits + ((int64_t(n) * C + c) * W + j) * L;
+        block_gemv(out_hidden, kw, p.output_weight + int64_t(c) * L, C * L, L, partial,
+                   [&](int q, T s) { logits[q] = s + p.output_bias[int64_t(c) * L + q]; });
+        if (warp == 0) {
+          const int64_t at = (int64_t(n) * C + c) * W + j;
+          int64_t level;
+          if (p.known[at]) {
+            level = p.values[at];
+            CUDA_KERNEL_ASSERT(level >= 0 && level < L);
+            level = level < 0 ? 0 : (level >= L ? L - 1 : level);
+          } else {
+            level = warp_draw(logits, L, p.uniforms[(int64_t(j) * C + c) * N + n], p.temperature);
+          }
+          if (lane == 0) p.values_out[at] = level;
+          T* dst = feats + int64_t(P + j) * Cin + c * Fe;
+          for (int e = lane; e < Fe; e += 32) dst[e] = level >= 0 ? p.feature_table[level * Fe + e] : T(0);
+        }
+        __syncthreads();
+      }
+    }
+    for (int64_t i = threadIdx.x; i < int64_t(B) * W * Hd; i += blockDim.x) {
+      const int64_t b = i / (int64_t(W) * Hd), rest = i % (int64_t(W) * Hd);
+      p.reduce_rows[(b * N + n) * W * Hd + rest] = reduce(static_cast<int>(b))[Hd + rest];
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pixelcnn_row_cuda(
+    const at::Tensor& values, const at::Tensor& known, const at::Tensor& uniforms,
+    double temperature, const at::Tensor& input_bias, const at::Tensor& block_bias,
+    const at::Tensor& feature_table, const at::Tensor& input_weight,
+    const at::Tensor& reduce_weight, const at::Tensor& reduce_bias, const at::Tensor& conv_weight,
+    const at::Tensor& expand_weight, const at::Tensor& expand_bias,
+    const at::Tensor& hidden_weight, const at::Tensor& hidden_bias,
+    const at::Tensor& output_weight, const at::Tensor& output_bias) {
+  const PixelCNNRowShape s = check_pixelcnn_row(
+      values, known, uniforms, temperature, input_bias, block_bias, feature_table, input_weight,
+      reduce_weight, reduce_bias, conv_weight, expand_weight, expand_bias, hidden_weight,
+      hidden_bias, output_weight, output_bias);
+  TORCH_CHECK(input_weight.is_cuda(), "pixelcnn_row: input_weight must be a CUDA tensor, got ",
+              input_weight.device());
+  const c10::cuda::CUDAGuard guard(input_weight.device());
+  const at::Tensor values_c = values.contiguous(), known_c = known.contiguous(),
+                   uniforms_c = uniforms.contiguous();
+  const at::Tensor t[] = {input_bias.contiguous(),    block_bias.contiguous(),
+                          feature_table.contiguous(), input_weight.contiguous(),
+                          reduce_weight.contiguous(), reduce_bias.contiguous(),
+                          conv_weight.contiguous(),   expand_weight.contiguous(),
+                          expand_bias.contiguous(),   hidden_weight.contiguous(),
+                          hidden_bias.contiguous(),   output_weight.contiguous(),
+                          output_bias.contiguous()};
+  at::Tensor values_out = at::empty({s.batch, s.channels, s.width}, values.options());
+  at::Tensor logits = at::empty({s.batch, s.channels, s.width, s.levels}, input_weight.options());
+  at::Tensor reduce_rows = at::empty({s.blocks, s.batch, s.width, s.hidden}, input_weight.options());
+  const Layout layout(s.pad, s.width, s.in_channels, s.blocks, s.hidden, s.wide);
+  TORCH_CHECK(layout.total <= kMaxIndex32, "pixelcnn_row: the row buffers of one image (",
+              layout.total, " values) are too large for 32-bit indexing");
+  at::Tensor scratch = at::zeros({s.batch, layout.total}, input_weight.options());
+  AT_DISPATCH_FLOATING_TYPES(input_weight.scalar_type(), "pixelcnn_row_cuda", [&] {
+    Params<scalar_t> p{};
+    p.values = values_c.const_data_ptr<int64_t>();
+    p.known = known_c.const_data_ptr<bool>();
+    p.uniforms = uniforms_c.const_data_ptr<double>();
+    p.temperature = temperature;
+    p.input_bias = t[0].const_data_ptr<scalar_t>();
+    p.block_bias = t[1].const_data_ptr<scalar_t>();
+    p.feature_table = t[2].const_data_ptr<scalar_t>();
+    p.input_weight = t[3].const_data_ptr<scalar_t>();
+    p.reduce_weight = t[4].const_data_ptr<scalar_t>();
+    p.reduce_bias = t[5].const_data_ptr<scalar_t>();
+    p.conv_weight = t[6].const_data_ptr<scalar_t>();
+    p.expand_weight = t[7].const_data_ptr<scalar_t>();
+    p.expand_bias = t[8].const_data_ptr<scalar_t>();
+    p.hidden_weight = t[9].const_data_ptr<scalar_t>();
+    p.hidden_bias = t[10].const_data_ptr<scalar_t>();
+    p.output_weight = t[11].const_data_ptr<scalar_t>();
+    p.output_bias = t[12].const_data_ptr<scalar_t>();
+    p.values_out = values_out.mutable_data_ptr<int64_t>();
+    p.logits = logits.mutable_data_ptr<scalar_t>();
+    p.reduce_rows = reduce_rows.mutable_data_ptr<scalar_t>();
+    p.scratch = scratch.mutable_data_ptr<scalar_t>();
+    p.batch = static_cast<int>(s.batch);
+    p.channels = static_cast<int>(s.channels);
+    p.width = static_cast<int>(s.width);
+    p.levels = static_cast<int>(s.levels);
+    p.features = static_cast<int>(s.features);
+    p.in_channels = static_cast<int>(s.in_channels);
+    p.pad = static_cast<int>(s.pad);
+    p.wide = static_cast<int>(s.wide);
+    p.hidden = static_cast<int>(s.hidden);
+    p.blocks = static_cast<int>(s.blocks);
+    p.per_image = layout.total;
+    const int grid = static_cast<int>(std::min<int64_t>(s.batch, kMaxGrid));
+    pixelcnn_row_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {values_out, logits, reduce_rows};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genfast, CUDA, m) {
+  m.impl("pixelcnn_row", &pixelcnn_row_cuda);
+}
+
+}  // namespace genfast
