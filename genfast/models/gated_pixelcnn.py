@@ -220,8 +220,8 @@ class GatedPixelCNN(AutoregressiveImageModel):
         # row is one copy into its slot.
         rings = [weights.feature_table.new_zeros((n, l.vertical_conv.in_channels, p + 1, width + 2 * p))
                  for l in self.layers]
-        rotations = [[l.vertical_conv.weight[:, :, [(s - phase - 1) % (p + 1) for s in range(p + 1)]]
-                      for phase in range(p + 1)] for l in self.layers]
+        rotations = [[torch.roll(l.vertical_conv.weight, phase + 1, dims=2) for phase in range(p + 1)]
+                     for l in self.layers]
         # row_bias[l] (n, W, 2H): what layer l's horizontal stack adds at each column of
         # the current row besides its own taps: the link of the vertical stack of the
         # row above (zero pre-activations above row 0: the link's bias alone), the
