@@ -20,3 +20,13 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA_EXT, reason=f"CUDA kernels not t
 
 # The devices whose compiled kernels are tested against the reference.
 DEVICES = [pytest.param("cpu", marks=requires_ext), pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+
+
+@pytest.fixture
+def poisoned_allocations():
+    """Deterministic mode fills fresh allocations with NaN (integers with their largest
+    value), so an output element a kernel forgets to write shows up."""
+    torch.use_deterministic_algorithms(True)
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    yield
+    torch.use_deterministic_algorithms(False)

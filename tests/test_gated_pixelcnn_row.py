@@ -128,19 +128,14 @@ def test_op_equals_reference_on_random_weights(device, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_output_is_written(device):
+def test_every_output_is_written(device, poisoned_allocations):
     # Deterministic mode fills fresh allocations with NaN: an unwritten logit shows up,
     # and an unwritten value would not be a level.
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert torch.utils.deterministic.fill_uninitialized_memory
-        for seed in range(6):
-            args = random_row_case(300 + seed, device, torch.float32)
-            values, logits = gated_pixelcnn_row(*args, impl="ext")
-            assert torch.isfinite(logits).all()
-            assert ((values >= 0) & (values < logits.shape[-1])).all()
-    finally:
-        torch.use_deterministic_algorithms(False)
+    for seed in range(6):
+        args = random_row_case(300 + seed, device, torch.float32)
+        values, logits = gated_pixelcnn_row(*args, impl="ext")
+        assert torch.isfinite(logits).all()
+        assert ((values >= 0) & (values < logits.shape[-1])).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -208,9 +203,9 @@ def test_torch_compile():
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("change,error,match", [
-    (lambda a: a.update(prefix=a["prefix"].int()), TypeError, "prefix must be torch.int64"),
-    (lambda a: a.update(known=a["known"].long()), TypeError, "known must be torch.bool"),
-    (lambda a: a.update(uniforms=a["uniforms"].float()), TypeError, "uniforms must be torch.float64"),
+    (lambda a: a.update(prefix=a["prefix"].int()), TypeError, "prefix must be int64"),
+    (lambda a: a.update(known=a["known"].long()), TypeError, "known must be bool"),
+    (lambda a: a.update(uniforms=a["uniforms"].float()), TypeError, "uniforms must be float64"),
     (lambda a: a.update(row_bias=a["row_bias"].double()), TypeError, "must have row_bias's dtype"),
     (lambda a: a.update(row_bias=a["row_bias"][:, :1]), ValueError, "row_bias must be"),
     (lambda a: a.update(uniforms=a["uniforms"][:1]), ValueError, "uniforms must have shape"),

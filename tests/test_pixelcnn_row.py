@@ -224,19 +224,14 @@ def test_strided_inputs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_output_is_written(device):
+def test_every_output_is_written(device, poisoned_allocations):
     # Deterministic mode fills fresh allocations with NaN: an unwritten output shows.
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert torch.utils.deterministic.fill_uninitialized_memory
-        for seed in range(6):
-            args = random_row(200 + seed, device, torch.float32)
-            values, logits, reduce_rows = pixelcnn_row(*args, impl="ext")
-            levels = args[-1].feature_table.shape[0]
-            assert torch.isfinite(logits).all() and torch.isfinite(reduce_rows).all()
-            assert ((values >= 0) & (values < levels)).all()
-    finally:
-        torch.use_deterministic_algorithms(False)
+    for seed in range(6):
+        args = random_row(200 + seed, device, torch.float32)
+        values, logits, reduce_rows = pixelcnn_row(*args, impl="ext")
+        levels = args[-1].feature_table.shape[0]
+        assert torch.isfinite(logits).all() and torch.isfinite(reduce_rows).all()
+        assert ((values >= 0) & (values < levels)).all()
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 
 from genfast import _backend
+from genfast.ops._checks import check_tensors
 from genfast.ops.wavenet_step import draw_from_logits
 
 KERNEL_DTYPES = {
@@ -75,23 +76,10 @@ def check_gated_pixelcnn_row(prefix, known, uniforms, temperature, row_bias,
     """The op's argument checks (ValueError / TypeError naming the argument)."""
     if not isinstance(weights, GatedRowWeights):
         _fail(TypeError, f"weights must be a GatedRowWeights, got {type(weights).__name__}")
-    named = [("prefix", prefix), ("known", known), ("uniforms", uniforms), ("row_bias", row_bias)]
-    named += [(f, getattr(weights, f)) for f in GatedRowWeights._fields]
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            _fail(TypeError, f"{name} must be a tensor, got {type(t).__name__}")
-    if row_bias.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        _fail(TypeError, f"row_bias must be a float tensor, got {row_bias.dtype}")
-    for name, t in named[4:]:
-        if t.dtype != row_bias.dtype:
-            _fail(TypeError, f"{name} must have row_bias's dtype {row_bias.dtype}, got {t.dtype}")
-    for name, t in named:
-        if t.device != row_bias.device:
-            _fail(ValueError, f"{name} is on {t.device} but row_bias is on {row_bias.device}")
-    for name, t, dtype in (("prefix", prefix, torch.int64), ("known", known, torch.bool),
-                           ("uniforms", uniforms, torch.float64)):
-        if t.dtype != dtype:
-            _fail(TypeError, f"{name} must be {dtype}, got {t.dtype}")
+    fixed = {"prefix": (prefix, torch.int64), "known": (known, torch.bool), "uniforms": (uniforms, torch.float64)}
+    floats = {"row_bias": row_bias, **weights._asdict()}
+    check_tensors("gated_pixelcnn_row", fixed, floats, "row_bias",
+                  (torch.float32, torch.float64, torch.float16, torch.bfloat16))
     if prefix.dim() != 3 or prefix.numel() == 0:
         _fail(ValueError, f"prefix must be a non-empty (N, C, W) tensor, got shape {tuple(prefix.shape)}")
     n, c, width = prefix.shape
@@ -113,7 +101,7 @@ def check_gated_pixelcnn_row(prefix, known, uniforms, temperature, row_bias,
                 "residual_bias": (layers, h), "skip_weight": (layers, h, h), "skip_bias": (layers, h),
                 "head_weight1": (h, h), "head_bias1": (h,), "head_weight2": (h, c * levels),
                 "head_bias2": (c * levels,)}
-    tensors = dict(named)
+    tensors = {"known": known, "uniforms": uniforms, **floats}
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             _fail(ValueError, f"{name} must have shape {shape}, got {tuple(tensors[name].shape)}")

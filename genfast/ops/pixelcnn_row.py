@@ -44,6 +44,7 @@ from typing import NamedTuple
 import torch
 
 from genfast import _backend
+from genfast.ops._checks import check_tensors
 from genfast.ops.wavenet_step import draw_from_logits
 
 KERNEL_DTYPES = {
@@ -86,26 +87,10 @@ def check_pixelcnn_row(values, known, uniforms, temperature, input_bias, block_b
     """The op's argument checks (ValueError / TypeError naming the argument)."""
     if not isinstance(weights, PixelCNNRowWeights):
         _fail(TypeError, f"weights must be a PixelCNNRowWeights, got {type(weights).__name__}")
-    named = [("values", values), ("known", known), ("uniforms", uniforms),
-             ("input_bias", input_bias), ("block_bias", block_bias)]
-    named += [(f, getattr(weights, f)) for f in PixelCNNRowWeights._fields]
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            _fail(TypeError, f"{name} must be a tensor, got {type(t).__name__}")
-    dtype = weights.input_weight.dtype
-    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        _fail(TypeError, f"input_weight must be floating point, got {dtype}")
-    for name, t in named[3:]:
-        if t.dtype != dtype:
-            _fail(TypeError, f"{name} must have input_weight's dtype {dtype}, got {t.dtype}")
-    device = weights.input_weight.device
-    for name, t in named:
-        if t.device != device:
-            _fail(ValueError, f"{name} is on {t.device} but input_weight is on {device}")
-    for name, t, want in (("values", values, torch.int64), ("known", known, torch.bool),
-                          ("uniforms", uniforms, torch.float64)):
-        if t.dtype != want:
-            _fail(TypeError, f"{name} must be {want}, got {t.dtype}")
+    fixed = {"values": (values, torch.int64), "known": (known, torch.bool), "uniforms": (uniforms, torch.float64)}
+    floats = {"input_bias": input_bias, "block_bias": block_bias, **weights._asdict()}
+    check_tensors("pixelcnn_row", fixed, floats, "input_weight",
+                  (torch.float32, torch.float64, torch.float16, torch.bfloat16))
     if values.dim() != 3 or values.numel() == 0:
         _fail(ValueError, f"values must be a non-empty (N, C, W) tensor, got shape {tuple(values.shape)}")
     n, channels, width = values.shape
@@ -130,7 +115,7 @@ def check_pixelcnn_row(values, known, uniforms, temperature, input_bias, block_b
                 "expand_weight": (blocks, hidden, wide), "expand_bias": (blocks, wide),
                 "hidden_weight": (wide, wide), "hidden_bias": (wide,),
                 "output_weight": (wide, channels * levels), "output_bias": (channels * levels,)}
-    for name, t in named[1:]:
+    for name, t in {"known": known, "uniforms": uniforms, **floats}.items():
         if name in expected and tuple(t.shape) != expected[name]:
             _fail(ValueError, f"{name} must have shape {expected[name]}, got {tuple(t.shape)}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):

@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from genfast import _backend
+from genfast.ops._checks import check_tensors
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
@@ -99,23 +100,9 @@ def check_wavenet_step(samples, cache, uniforms, step, known_steps, temperature,
     """The op's argument checks (ValueError / TypeError naming the argument)."""
     if not isinstance(weights, WaveNetWeights):
         _fail(TypeError, f"weights must be a WaveNetWeights, got {type(weights).__name__}")
-    named = [("samples", samples), ("cache", cache), ("uniforms", uniforms)]
-    named += [(f, getattr(weights, f)) for f in WaveNetWeights._fields if f != "dilations"]
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            _fail(TypeError, f"{name} must be a tensor, got {type(t).__name__}")
-    if cache.dtype not in (torch.float32, torch.float64):
-        _fail(TypeError, f"cache must be float32 or float64, got {cache.dtype}")
-    for name, t in named[3:]:
-        if t.dtype != cache.dtype:
-            _fail(TypeError, f"{name} must have the cache's dtype {cache.dtype}, got {t.dtype}")
-    for name, t in named:
-        if t.device != cache.device:
-            _fail(ValueError, f"{name} is on {t.device} but cache is on {cache.device}")
-    if samples.dtype != torch.int64:
-        _fail(TypeError, f"samples must be int64, got {samples.dtype}")
-    if uniforms.dtype != torch.float64:
-        _fail(TypeError, f"uniforms must be float64, got {uniforms.dtype}")
+    floats = {"cache": cache, **{f: getattr(weights, f) for f in WaveNetWeights._fields if f != "dilations"}}
+    check_tensors("wavenet_step", {"samples": (samples, torch.int64), "uniforms": (uniforms, torch.float64)},
+                  floats, "cache", (torch.float32, torch.float64))
     if samples.dim() != 2 or samples.numel() == 0:
         _fail(ValueError, f"samples must be a non-empty (N, T) tensor, got shape {tuple(samples.shape)}")
     n, length = samples.shape
