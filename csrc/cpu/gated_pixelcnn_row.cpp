@@ -172,11 +172,7 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cpu(
                         values.mutable_data_ptr<int64_t>(),
                         logits.mutable_data_ptr<scalar_t>()};
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
-    // At least 8 images per thread: a smaller share is not worth a thread's wake-up.
-    const int64_t blocks = (shape.batch + kRows - 1) / kRows;
-    at::parallel_for(0, blocks, 8 / kRows, [&](int64_t begin, int64_t end) {
-      walk_row(a, math, begin * kRows, std::min(end * kRows, shape.batch));
-    });
+    parallel_over_batch(shape.batch, [&](int64_t b0, int64_t b1) { walk_row(a, math, b0, b1); });
   });
   return {values, logits};
 }

@@ -204,13 +204,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixelcnn_row_cpu(
                         logits.mutable_data_ptr<scalar_t>(),
                         reduce_rows.mutable_data_ptr<scalar_t>()};
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
-    // At least 8 images per thread: a smaller share is not worth a second thread.
-    const int64_t blocks = (s.batch + kRows - 1) / kRows;
-    at::parallel_for(0, blocks, 8 / kRows, [&](int64_t begin, int64_t end) {
+    parallel_over_batch(s.batch, [&](int64_t b0, int64_t b1) {
       Buffers<scalar_t> buf(s);
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t n0 = blk * kRows;
-        row_block(a, math, buf, n0, static_cast<int>(std::min<int64_t>(kRows, s.batch - n0)));
+      for (int64_t n0 = b0; n0 < b1; n0 += kRows) {
+        row_block(a, math, buf, n0, static_cast<int>(std::min<int64_t>(kRows, b1 - n0)));
       }
     });
   });

@@ -6,7 +6,10 @@
 // vectorises.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+
+#include <ATen/Parallel.h>
 
 namespace genfast {
 
@@ -25,6 +28,17 @@ struct MathKernels {
 
 template <typename T>
 MathKernels<T> math_kernels();
+
+// Calls run(begin, end) on threads for ranges of the `batch` sequences or images that
+// start at multiples of kRows, at least 8 per thread: below that a thread's share of
+// a step is a fraction of a millisecond and waking it costs more than it saves.
+template <typename Run>
+void parallel_over_batch(int64_t batch, const Run& run) {
+  const int64_t blocks = (batch + kRows - 1) / kRows;
+  at::parallel_for(0, blocks, 8 / kRows, [&](int64_t begin, int64_t end) {
+    run(begin * kRows, std::min(end * kRows, batch));
+  });
+}
 
 // The drawn level of one sequence (-1 when a logit is not finite).
 template <typename T>

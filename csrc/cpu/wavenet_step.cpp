@@ -176,12 +176,7 @@ at::Tensor wavenet_step_cpu(at::Tensor& samples, at::Tensor& cache, const at::Te
                          weights[9].const_data_ptr<scalar_t>(),
                          logits.mutable_data_ptr<scalar_t>()};
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
-    // At least 8 sequences per thread: below that a step takes a fraction of a millisecond
-    // and waiting for a second thread costs more than it saves.
-    const int64_t blocks = (shape.batch + kRows - 1) / kRows;
-    at::parallel_for(0, blocks, 8 / kRows, [&](int64_t begin, int64_t end) {
-      step_sequences(p, math, begin * kRows, std::min(end * kRows, shape.batch));
-    });
+    parallel_over_batch(shape.batch, [&](int64_t b0, int64_t b1) { step_sequences(p, math, b0, b1); });
   });
   if (!samples_c.is_same(samples)) samples.copy_(samples_c);
   if (!cache_c.is_same(cache)) cache.copy_(cache_c);
