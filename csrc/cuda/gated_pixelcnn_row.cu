@@ -1,10 +1,8 @@
 // gated_pixelcnn_row on CUDA: ONE launch per row, one thread block per image (the
 // images of a row are independent, so no grid-wide synchronisation is needed). The
 // block walks the row's sub-pixels; every product is a block-wide matrix-vector
-// product in which lanes own consecutive output columns (coalesced weight reads) and
-// warps split the reduction when there are few columns, their partial sums added in
-// warp order (deterministic). Per-position vectors live in shared memory, the row
-// buffers of the layers' inputs in a global scratch tensor.
+// product (block_gemv.cuh, deterministic). Per-position vectors live in shared
+// memory, the row buffers of the layers' inputs in a global scratch tensor.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -13,13 +11,13 @@
 #include <torch/library.h>
 
 #include "../gated_pixelcnn_row.h"
+#include "block_gemv.cuh"
 #include "warp_draw.cuh"
 
 namespace genfast {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = 32 * kWarps;
+constexpr int kThreads = 32 * kGemvWarps;
 
 template <typename T>
 struct Params {
@@ -37,63 +35,26 @@ struct Params {
   int batch, channels, width, levels, features, hidden, taps, layers;
 };
 
-// y[o] = (bias ? bias[o] : 0) + sum_k x[k] * w[k * ldw + o] for o < cols, by the whole
-// block; x may be in shared or global memory. `partial` holds kThreads values. Ends
-// with __syncthreads(), so y is ready for every thread.
-template <typename T>
-__device__ void block_gemv(const T* x, int kdim, const T* __restrict__ w, int ldw, int cols,
-                           const T* __restrict__ bias, T* y, T* partial) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int chunks = (cols + 31) / 32;
-  if (chunks >= kWarps) {  // enough columns: each warp owns whole chunks of 32 columns
-    for (int chunk = warp; chunk < chunks; chunk += kWarps) {
-      const int o = chunk * 32 + lane;
-      if (o < cols) {
-        T acc = bias != nullptr ? bias[o] : T(0);
-        for (int k = 0; k < kdim; ++k) acc += x[k] * w[int64_t(k) * ldw + o];
-        y[o] = acc;
-      }
-    }
-    __syncthreads();
-    return;
-  }
-  // Few columns: `slices` warps share each chunk, each summing every slices-th k.
-  const int slices = kWarps / chunks;
-  if (warp < chunks * slices) {
-    const int chunk = warp / slices, slice = warp % slices, o = chunk * 32 + lane;
-    T acc = T(0);
-    if (o < cols) {
-      for (int k = slice; k < kdim; k += slices) acc += x[k] * w[int64_t(k) * ldw + o];
-    }
-    partial[warp * 32 + lane] = acc;
-  }
-  __syncthreads();
-  for (int o = threadIdx.x; o < cols; o += blockDim.x) {
-    const int chunk = o / 32, lane_of = o % 32;
-    T acc = bias != nullptr ? bias[o] : T(0);
-    for (int s = 0; s < slices; ++s) acc += partial[(chunk * slices + s) * 32 + lane_of];
-    y[o] = acc;
-  }
-  __syncthreads();
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) gated_pixelcnn_row_kernel(const Params<T> p) {
   extern __shared__ __align__(16) unsigned char shared_memory[];
+  __shared__ T partial[kGemvWarps][32];
   T* shared = reinterpret_cast<T*>(shared_memory);
   const int C = p.channels, W = p.width, V = p.levels, E = p.features, H = p.hidden;
   const int P = 2 * H, L = p.layers, K0 = C * E, Hg = H / C, Pg = P / C;
   const int padded = W + p.taps - 1;
   const int n = blockIdx.x;
-  // Shared: every layer's gated units (L * H), skip sum, head input, head hidden (H
-  // each), the pre-activation of one group (Pg), a group's outputs (Hg), partial sums.
+  // Dynamic shared memory: every layer's gated units (L * H), skip sum, head input,
+  // head hidden (H each), the pre-activation of one group (Pg), a group's outputs (Hg).
   T* gated = shared;
   T* skip = gated + L * H;
   T* head_in = skip + H;
   T* hidden = head_in + H;
   T* z = hidden + H;
   T* y = z + Pg;
-  T* partial = y + Hg;
+  const auto store = [](T* out, const T* bias) {  // an epilogue: out[q] = sum (+ bias[q])
+    return [=](int q, T sum) { out[q] = bias != nullptr ? sum + bias[q] : sum; };
+  };
   T* input0 = p.input0 + int64_t(n) * padded * K0;
   auto layer_input = [&](int l) {  // layer l >= 1's input row of image n
     return p.inputs + (int64_t(l - 1) * p.batch + n) * padded * H;
@@ -109,20 +70,20 @@ __global__ void __launch_bounds__(kThreads) gated_pixelcnn_row_kernel(const Para
         // Taps j-p..j are buffer columns j..j+p: one contiguous vector of T * K inputs.
         const T* x = (l == 0 ? input0 : layer_input(l)) + int64_t(j) * K;
         const T* w = l == 0 ? p.first_weight : p.horizontal_weight + int64_t(l - 1) * p.taps * H * P;
-        block_gemv(x, p.taps * K, w + c * Pg, P, Pg, static_cast<const T*>(nullptr), z, partial);
+        block_gemv(x, p.taps * K, w + c * Pg, P, Pg, partial, store(z, nullptr));
         const T* bias = p.row_bias + ((int64_t(l) * p.batch + n) * W + j) * P + c * Pg;
         T* g = gated + l * H;
         for (int i = threadIdx.x; i < Hg; i += blockDim.x) {
           g[c * Hg + i] = gated_unit(z[i] + bias[i], z[Hg + i] + bias[Hg + i]);
         }
         __syncthreads();
-        block_gemv(static_cast<const T*>(g), H, p.skip_weight + int64_t(l) * H * H + c * Hg, H, Hg,
-                   p.skip_bias + l * H + c * Hg, y, partial);
+        block_gemv(g, H, p.skip_weight + int64_t(l) * H * H + c * Hg, H, Hg, partial,
+                   store(y, p.skip_bias + l * H + c * Hg));
         for (int i = threadIdx.x; i < Hg; i += blockDim.x) skip[c * Hg + i] += y[i];
         __syncthreads();
         if (l == L - 1) continue;  // the last layer has no horizontal output
-        block_gemv(static_cast<const T*>(g), H, p.residual_weight + int64_t(l) * H * H + c * Hg, H,
-                   Hg, p.residual_bias + l * H + c * Hg, y, partial);
+        block_gemv(g, H, p.residual_weight + int64_t(l) * H * H + c * Hg, H, Hg, partial,
+                   store(y, p.residual_bias + l * H + c * Hg));
         T* out = layer_input(l + 1) + int64_t(j + p.taps - 1) * H + c * Hg;
         const T* res = l == 0 ? nullptr : layer_input(l) + int64_t(j + p.taps - 1) * H + c * Hg;
         for (int i = threadIdx.x; i < Hg; i += blockDim.x) out[i] = y[i] + (res ? res[i] : T(0));
@@ -131,14 +92,12 @@ __global__ void __launch_bounds__(kThreads) gated_pixelcnn_row_kernel(const Para
       // Output head: relu -> 1x1 -> relu -> 1x1 to colour c's levels, then the draw.
       for (int i = threadIdx.x; i < H; i += blockDim.x) head_in[i] = relu_value(skip[i]);
       __syncthreads();
-      block_gemv(static_cast<const T*>(head_in), H, p.head_weight1 + c * Hg, H, Hg,
-                 p.head_bias1 + c * Hg, y, partial);
+      block_gemv(head_in, H, p.head_weight1 + c * Hg, H, Hg, partial, store(y, p.head_bias1 + c * Hg));
       for (int i = threadIdx.x; i < Hg; i += blockDim.x) hidden[c * Hg + i] = relu_value(y[i]);
       __syncthreads();
       const int64_t at = (int64_t(n) * C + c) * W + j;
       T* logits = p.logits + at * V;
-      block_gemv(static_cast<const T*>(hidden), H, p.head_weight2 + c * V, C * V, V,
-                 p.head_bias2 + c * V, logits, partial);
+      block_gemv(hidden, H, p.head_weight2 + c * V, C * V, V, partial, store(logits, p.head_bias2 + c * V));
       if (threadIdx.x < 32) {
         const double u = p.uniforms[(int64_t(j) * C + c) * p.batch + n];
         const int64_t drawn = warp_draw(logits, V, u, p.temperature);
@@ -214,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
     p.layers = static_cast<int>(s.layers);
     const int64_t hg = s.hidden / s.channels;
     const size_t shared_bytes =
-        sizeof(scalar_t) * ((s.layers + 3) * s.hidden + 2 * hg + hg + kThreads);
+        sizeof(scalar_t) * ((s.layers + 3) * s.hidden + 2 * hg + hg);
     int device_limit = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                           row_bias.get_device()));

@@ -4,9 +4,8 @@
 // block loops over the columns, colours and layers itself, with __syncthreads between
 // the phases. The image's row buffers and per-position vectors live in a zeroed global
 // scratch tensor (its size grows with the model and would not always fit in shared
-// memory; the block re-reads it from L1/L2). Every product is a block-wide GEMV: lanes
-// own output columns (coalesced weight reads), the warps split the reduction and their
-// partial sums are added in warp order, so results are deterministic.
+// memory; the block re-reads it from L1/L2). Every product is a block-wide GEMV
+// (block_gemv.cuh, deterministic).
 #include <algorithm>
 
 #include <ATen/ATen.h>
@@ -17,13 +16,13 @@
 #include <torch/library.h>
 
 #include "../pixelcnn_row.h"
+#include "block_gemv.cuh"
 #include "warp_draw.cuh"
 
 namespace genfast {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = 32 * kWarps;
+constexpr int kThreads = 32 * kGemvWarps;
 constexpr int kMaxGrid = 4096;
 
 template <typename T>
@@ -58,36 +57,9 @@ struct Layout {
   }
 };
 
-// For col < cols: epilogue(col, sum over k < kdim of x[k] * w[k * ldw + col]). Lanes own
-// 32 columns at a time, warp v sums the v-th contiguous chunk of k, and warp 0 adds the
-// partial sums in warp order. Ends with a barrier, so the epilogue's writes are visible.
-template <typename T, typename Epilogue>
-__device__ void block_gemv(const T* x, int kdim, const T* __restrict__ w, int ldw, int cols,
-                           T (*partial)[32], Epilogue epilogue) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int chunk = (kdim + kWarps - 1) / kWarps;
-  const int k_begin = min(kdim, warp * chunk), k_end = min(kdim, k_begin + chunk);
-  for (int col0 = 0; col0 < cols; col0 += 32) {
-    const int col = col0 + lane;
-    T acc = T(0);
-    if (col < cols) {
-      for (int k = k_begin; k < k_end; ++k) acc += x[k] * w[int64_t(k) * ldw + col];
-    }
-    partial[warp][lane] = acc;
-    __syncthreads();
-    if (warp == 0 && col < cols) {
-      T sum = T(0);
-#pragma unroll
-      for (int v = 0; v < kWarps; ++v) sum += partial[v][lane];
-      epilogue(col, sum);
-    }
-    __syncthreads();
-  }
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) pixelcnn_row_kernel(const Params<T> p) {
-  __shared__ T partial[kWarps][32];
+  __shared__ T partial[kGemvWarps][32];
   const int C = p.channels, W = p.width, L = p.levels, Fe = p.features, Cin = p.in_channels;
   const int P = p.pad, R = p.wide, Hd = p.hidden, B = p.blocks, N = p.batch;
   const int gw = R / C, gh = Hd / C;
