@@ -39,6 +39,15 @@ def run_masked(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
                          impl=layer.impl)
 
 
+def masked_weight(layer: nn.Conv2d, dtype: torch.dtype, device) -> torch.Tensor:
+    """A layer's weight as its convolution applies it (mask applied for a
+    MaskedConv2d), detached, in dtype on device: what the cached samplers pack."""
+    weight = layer.weight.detach()
+    if isinstance(layer, MaskedConv2d):
+        weight = weight * layer.mask
+    return weight.to(device=device, dtype=dtype)
+
+
 def _positive_int(value, name: str, model: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{model}: {name} must be a positive int, got {value!r}")
@@ -115,6 +124,14 @@ class AutoregressiveImageModel(nn.Module):
         n, c, h, w = x.shape
         e = self.embedding(x.long()).to(dtype)  # (N, C, H, W, E)
         return e.permute(0, 1, 4, 2, 3).reshape(n, c * self.embedding_dim, h, w)
+
+    def feature_table(self, dtype: torch.dtype, device) -> torch.Tensor:
+        """input_features of every level for one sub-pixel, (levels, E), for the cached
+        samplers' ops (E = 1 for scaled levels)."""
+        if self.embedding is None:
+            levels = torch.arange(self.levels, device=device).to(dtype)
+            return (levels * (2.0 / (self.levels - 1)) - 1.0).unsqueeze(1)
+        return self.embedding.weight.detach().to(device=device, dtype=dtype)
 
     def output_logits(self, out: torch.Tensor) -> torch.Tensor:
         """The last layer's (N, channels * levels, H, W), colour-group-major, to logits
@@ -304,6 +321,15 @@ class AutoregressiveImageModel(nn.Module):
         same uniforms). With keep_logits, returns every sub-pixel's logits
         (n, levels, channels, H, W)."""
         raise NotImplementedError
+
+    def _check_drawn(self, values: torch.Tensor, row: int) -> None:
+        """Raises naming the first sub-pixel of row `row` in sampling order (column,
+        colour, image) whose draw failed: a cached row op's value -1, non-finite logits."""
+        failed = (values < 0).permute(2, 1, 0).reshape(-1).nonzero()
+        if failed.numel():
+            column, colour = divmod(failed[0].item() // values.shape[0], self.channels)
+            raise RuntimeError(f"{type(self).__name__}.sample: the network produced non-finite "
+                               f"logits at row {row}, column {column}, colour {colour}")
 
     @torch.no_grad()
     def cached_logits(self, x: torch.Tensor, labels: torch.Tensor | None = None,

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.base import AutoregressiveImageModel, pointwise, run_masked
+from genfast.models.base import AutoregressiveImageModel, masked_weight, pointwise, run_masked
 from genfast.nn import MaskedConv2d
 from genfast.ops.gated_pixelcnn_row import GatedRowWeights, gated_pixelcnn_row
 from genfast.ops.masked_conv2d import MAX_KERNEL_SIZE
@@ -167,21 +167,17 @@ class GatedPixelCNN(AutoregressiveImageModel):
     def pack_row_weights(self) -> GatedRowWeights:
         """The horizontal stack and output head packed for gated_pixelcnn_row (masks
         applied, K x out matrices), in the parameters' dtype."""
-        def matrix(layer):  # a 1x1 layer's (out, in) weight, masked, as (in, out)
-            weight = layer.weight if not isinstance(layer, MaskedConv2d) else layer.weight * layer.mask
-            return weight[:, :, 0, 0].t()
+        first = self.layers[0]
+        dtype, device = first.vertical_conv.weight.dtype, first.vertical_conv.weight.device
+
+        def matrix(layer):  # a 1x1 layer as (in, out)
+            return masked_weight(layer, dtype, device)[:, :, 0, 0].t()
 
         def taps(conv):  # a 1 x k masked conv's live taps j-p..j as (T, in, out)
-            weight = (conv.weight * conv.mask)[:, :, 0, : self.kernel_size // 2 + 1]
+            weight = masked_weight(conv, dtype, device)[:, :, 0, : self.kernel_size // 2 + 1]
             return weight.permute(2, 1, 0)
 
-        first = self.layers[0]
-        dtype = first.vertical_conv.weight.dtype
-        if self.embedding is None:
-            table = (torch.arange(self.levels, dtype=dtype, device=first.vertical_conv.weight.device)
-                     * (2.0 / (self.levels - 1)) - 1.0)[:, None]
-        else:
-            table = self.embedding.weight.to(dtype)
+        table = self.feature_table(dtype, device)
         hidden = self.hidden
         later = [taps(layer.horizontal_conv) for layer in self.layers[1:]]
         horizontal = (torch.stack(later) if later else
@@ -246,11 +242,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
                                                 row_bias, weights, impl=impl)
             if keep_logits:
                 rows.append(logits)
-            failed = (values < 0).nonzero()
-            if failed.numel():
-                _, colour, column = failed[0].tolist()
-                raise RuntimeError(f"{type(self).__name__}.sample: the network produced non-finite "
-                                   f"logits at row {i}, column {column}, colour {colour}")
+            self._check_drawn(values, i)
             x[:, :, i] = values
             if i == height - 1:
                 break

@@ -19,7 +19,7 @@ j + k//2 + r - 1; the pixels to the right of that are in its past but unseen
 
 Cached sampling (`sample(method="cached")`, the default): every k x k masked
 convolution at row i is split into its rows above the centre row, all known when row
-i starts (one batched conv2d per row over the cached rows: the input features of the
+i starts (batched matrix products per row over the cached rows: the input features of the
 last k//2 image rows, and each block's relu'd 1x1-reduce output of row i-1), and its
 centre row plus the per-position layers, which genfast.ops.pixelcnn_row steps through
 the row one sub-pixel at a time in one op call. Cache memory between rows:
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.base import AutoregressiveImageModel, pointwise, run_masked
+from genfast.models.base import AutoregressiveImageModel, masked_weight, pointwise, run_masked
 from genfast.nn import MaskedConv2d
 from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row
 
@@ -95,25 +95,12 @@ class PixelCNN(AutoregressiveImageModel):
         return self.output_logits(run_masked(self.output_conv, torch.relu(out)))
 
     # -- cached sampling ------------------------------------------------------------
-    def _masked_weight(self, layer: nn.Conv2d, dtype, device) -> torch.Tensor:
-        weight = layer.weight.detach()
-        if isinstance(layer, MaskedConv2d):
-            weight = weight * layer.mask
-        return weight.to(device=device, dtype=dtype)
-
-    def _feature_table(self, dtype, device) -> torch.Tensor:
-        """The input features of each level, (levels, F): input_features of one sub-pixel."""
-        if self.embedding is None:
-            levels = torch.arange(self.levels, device=device).to(dtype)
-            return (levels * (2.0 / (self.levels - 1)) - 1.0).unsqueeze(1)
-        return self.embedding.weight.detach().to(device=device, dtype=dtype)
-
     def pack_row_weights(self, dtype: torch.dtype | None = None, device=None) -> PixelCNNRowWeights:
         """The centre-row weights of genfast.ops.pixelcnn_row (masked entries zeroed)."""
         device = torch.device(device) if device is not None else next(self.parameters()).device
         dtype = dtype or next(self.parameters()).dtype
         p, wide, hidden = self.input_kernel // 2, 2 * self.hidden, self.hidden
-        weight = lambda layer: self._masked_weight(layer, dtype, device)  # noqa: E731
+        weight = lambda layer: masked_weight(layer, dtype, device)  # noqa: E731
         bias = lambda layer: layer.bias.detach().to(device=device, dtype=dtype)  # noqa: E731
         matrix = lambda layer: weight(layer)[:, :, 0, 0].t()  # noqa: E731 - a 1x1 as (in, out)
 
@@ -125,7 +112,7 @@ class PixelCNN(AutoregressiveImageModel):
         # (out, in, taps) -> (taps * in, out): row tap * in + channel.
         taps = lambda w: w.permute(2, 1, 0).reshape(-1, w.shape[0])  # noqa: E731
         return PixelCNNRowWeights(
-            feature_table=self._feature_table(dtype, device).contiguous(),
+            feature_table=self.feature_table(dtype, device).contiguous(),
             input_weight=taps(weight(self.input_conv)[:, :, p, :p + 1]).contiguous(),
             reduce_weight=stacked(lambda b: matrix(b[0]), wide, hidden),
             reduce_bias=stacked(lambda b: bias(b[0]), hidden),
@@ -139,18 +126,17 @@ class PixelCNN(AutoregressiveImageModel):
 
     def _sample_cached(self, x, known, u, labels, cond, temperature: float, impl: str,
                        keep_logits: bool = False) -> torch.Tensor | None:
-        """Row by row: the rows-above parts of the k x k layers as batched convolutions
-        over the cached rows, then one pixelcnn_row call for the centre row and the
+        """Row by row: the rows-above parts of the k x k layers as batched matrix
+        products over the cached rows, then one pixelcnn_row call for the centre row and the
         per-position layers (see the module docstring). With keep_logits, returns every
         sub-pixel's logits (n, levels, channels, H, W)."""
-        model = type(self).__name__
         n, _, height, width = x.shape
         dtype, device = self._compute_dtype(x.device), x.device
         weights = self.pack_row_weights(dtype, device)
         p, blocks, hidden = self.input_kernel // 2, self.num_blocks, self.hidden
         # The input conv's rows i-p..i-1 (columns j-p..j+p) as a matrix over unfolded
         # windows, (Cin * p * k, R).
-        input_above = self._masked_weight(self.input_conv, dtype, device)[:, :, :p]
+        input_above = masked_weight(self.input_conv, dtype, device)[:, :, :p]
         input_above = input_above.reshape(input_above.shape[0], -1).t()
         input_bias = self.input_conv.bias.detach().to(dtype).expand(n, -1)
         if self.class_embedding is not None:
@@ -158,7 +144,7 @@ class PixelCNN(AutoregressiveImageModel):
         input_bias = input_bias[:, None, :]                                  # (N, 1, R)
         # Each block's 3x3 row i-1 as one product with its three taps side by side,
         # (B, Hd, 3 * Hd), whose tap outputs are then shifted into place.
-        conv_above = torch.stack([self._masked_weight(b[1], dtype, device)[:, :, 0].permute(1, 2, 0).reshape(hidden, -1)
+        conv_above = torch.stack([masked_weight(b[1], dtype, device)[:, :, 0].permute(1, 2, 0).reshape(hidden, -1)
                                   for b in self.blocks]) if blocks else None
         conv_bias = torch.stack([b[1].bias.detach().to(dtype) for b in self.blocks])[:, None, None] if blocks else None
         reduce_rows = torch.zeros(blocks, n, width, hidden, dtype=dtype, device=device)
@@ -179,12 +165,7 @@ class PixelCNN(AutoregressiveImageModel):
                 block_bias[:, :, :-1] += taps[:, :, 1:, 2]                 # column j + 1
             values, logits, reduce_rows = pixelcnn_row(
                 x[:, :, i], known[:, :, i], u[i], temperature, row_bias, block_bias, weights, impl=impl)
-            failed = values < 0  # a drawn sub-pixel whose logits were not finite
-            if failed.any():
-                first = failed.permute(2, 1, 0).reshape(-1).nonzero()[0].item()
-                j, c = divmod(first // n, self.channels)
-                raise RuntimeError(f"{model}.sample: the network produced non-finite logits at "
-                                   f"row {i}, column {j}, colour {c}")
+            self._check_drawn(values, i)
             x[:, :, i] = values
             if keep_logits:
                 kept.append(logits)
