@@ -3,11 +3,14 @@
 A sampler that draws its uniforms with `sampling_uniforms` and turns each sub-pixel's
 logits into a value with `inverse_cdf` produces exactly the images of any other
 sampler fed the same generator state (up to the rounding of the logits themselves),
-whatever order it computes the network in.
+whatever order it computes the network in. (inverse_cdf lives beside the ops, whose
+reference twins draw with it too.)
 """
 from __future__ import annotations
 
 import torch
+
+from genfast.ops._draw import inverse_cdf  # noqa: F401 - part of this module's API
 
 
 def sampling_uniforms(n: int, channels: int, height: int, width: int,
@@ -26,18 +29,3 @@ def sampling_uniforms(n: int, channels: int, height: int, width: int,
     u = torch.rand((height, width, channels, n), generator=generator, dtype=torch.float64,
                    device=gen_device)
     return u.to(device)
-
-
-def inverse_cdf(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Draws one level per row of `logits` (n, levels) with the uniforms `u` (n,).
-
-    In float64: z = logits / temperature; w = exp(z - max z); cdf = cumsum(w) over the
-    levels; the value is the number of levels k with cdf[k] <= u * cdf[-1] (clamped to
-    levels - 1 against rounding at u -> 1). No normalisation step, so nothing depends
-    on how a softmax sums.
-    """
-    z = logits.to(torch.float64) / temperature
-    w = torch.exp(z - z.max(dim=-1, keepdim=True).values)
-    cdf = w.cumsum(dim=-1)
-    value = (cdf <= u.to(torch.float64).unsqueeze(-1) * cdf[..., -1:]).sum(dim=-1)
-    return value.clamp_(max=logits.shape[-1] - 1)

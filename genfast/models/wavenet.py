@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genfast.nn import CausalConv1d
-from genfast.ops.wavenet_step import WaveNetWeights, draw_from_logits, wavenet_stepper
+from genfast.ops._draw import draw_from_logits
+from genfast.ops.wavenet_step import WaveNetWeights, wavenet_stepper
 
 METHODS = ("cached", "naive")
 

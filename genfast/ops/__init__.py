@@ -3,6 +3,7 @@
 csrc/schemas.cpp, its kernels in csrc/cpu/name.cpp and csrc/cuda/name.cu, its tests
 in tests/test_name.py and its benchmark in benchmarks/test_bench_name.py.
 gradient_penalty_interpolate shares the files of gradient_penalty."""
+from genfast.ops._draw import draw_from_logits
 from genfast.ops.code_statistics import code_statistics, code_statistics_reference
 from genfast.ops.gated_pixelcnn_row import (GatedRowWeights, gated_pixelcnn_row,
                                             gated_pixelcnn_row_reference)
@@ -12,7 +13,7 @@ from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_int
 from genfast.ops.masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
 from genfast.ops.nearest_code import nearest_code, nearest_code_reference
 from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row, pixelcnn_row_reference
-from genfast.ops.wavenet_step import (WaveNetWeights, draw_from_logits, wavenet_step,
+from genfast.ops.wavenet_step import (WaveNetWeights, wavenet_step,
                                       wavenet_step_reference, wavenet_stepper)
 
 # The public ops (each takes impl="auto" | "ext" | "reference").

@@ -45,7 +45,7 @@ import torch
 
 from genfast import _backend
 from genfast.ops._checks import check_tensors
-from genfast.ops.wavenet_step import draw_from_logits
+from genfast.ops._draw import draw_from_logits
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),

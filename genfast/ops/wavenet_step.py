@@ -28,6 +28,7 @@ import torch
 
 from genfast import _backend
 from genfast.ops._checks import check_tensors
+from genfast.ops._draw import draw_from_logits
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
@@ -78,17 +79,6 @@ class WaveNetWeights(NamedTuple):
         """Zeros for the ring buffers of `batch` sequences: (batch, slots, R). Times
         before the start read as zeros, the causal convolutions' left padding."""
         return self.input_weight.new_zeros((batch, sum(self.ring_lengths()), self.residual_channels))
-
-
-def draw_from_logits(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """One level per row of `logits` (n, levels) from the uniforms `u` (n,), int64:
-    genfast.models.sampling.inverse_cdf, except that a row with a non-finite logit gets -1
-    (the kernel's marker of a failed draw)."""
-    # Imported here: genfast.models imports genfast.ops, so a top-level import would be circular.
-    from genfast.models.sampling import inverse_cdf
-
-    value = inverse_cdf(logits, u, temperature)
-    return torch.where(torch.isfinite(logits).all(dim=-1), value, torch.full_like(value, -1))
 
 
 def _fail(error, message):
