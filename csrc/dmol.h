@@ -25,9 +25,11 @@
 #include <cmath>
 #include <cstdint>
 
-#include <ATen/core/Tensor.h>
-
 #include "common.h"
+
+namespace at {
+class Tensor;  // the checks take tensors; the math includes no ATen header
+}
 
 namespace genfast {
 
