@@ -1,8 +1,7 @@
 // The float32 path of dmol_loss on the CPU (csrc/cpu/dmol.cpp threads it): kLanes
 // consecutive pixels of a row at a time, the formulas of csrc/dmol.h written as
 // branch-free loops over the pixels, with polynomial exp/log (~2 ulp) that the
-// compiler vectorises; the rare bins in the mid-bin regime are redone per pixel with
-// csrc/dmol.h. It includes no ATen header and sets no-trapping-math before any
+// compiler vectorises. It includes no ATen header and sets no-trapping-math before any
 // include: otherwise GCC 12 does not if-convert (so not vectorise) these loops.
 // Selects on float compares only become vector blends when FP exceptions are not
 // observable; they are not (no code here reads the FP status flags).
@@ -82,15 +81,17 @@ inline float fast_tanh(float r) {  // 1 - 2 / (e^2r + 1), relative accuracy near
 
 
 // One (colour, mixture) bin for n <= kLanes pixels: value[l] = log P(bin), and with
-// Grad its derivatives (d_log_scale already 0 below the clamp). tiny[l] marks the
-// pixels whose bin falls in the mid-bin regime; returns whether any does.
+// Grad its derivatives (d_log_scale already 0 below the clamp). Every regime (edge
+// bins, the exact bin, the mid-bin approximation, which random or far-off mixtures
+// hit often) is computed for every pixel and selected, so the loop has no branches.
 // Kept out of line: compiled once per Grad, its loop vectorised.
 template <bool Grad>
-__attribute__((noinline)) bool bin_lanes(int n, const int32_t* __restrict level, const float* __restrict mean,
-               const float* __restrict raw_scale, int64_t levels, float* __restrict value,
-               float* __restrict d_mean, float* __restrict d_log_scale, int32_t* __restrict tiny) {
+__attribute__((noinline)) void bin_lanes(int n, const int32_t* __restrict level, const float* __restrict mean,
+                                         const float* __restrict raw_scale, int64_t levels,
+                                         float* __restrict value, float* __restrict d_mean,
+                                         float* __restrict d_log_scale) {
   const float h = 1.0f / float(levels - 1), last = float(levels - 1);
-  int any = 0;
+  const float log_half_levels = float(std::log(double(levels - 1) / 2.0));
   for (int l = 0; l < n; ++l) {
     const float s = raw_scale[l] < float(kMinLogScale) ? float(kMinLogScale) : raw_scale[l];
     const float inv = fast_exp(-s);
@@ -102,31 +103,24 @@ __attribute__((noinline)) bool bin_lanes(int n, const int32_t* __restrict level,
     const float q = fast_one_minus_exp_neg(w);
     const float den = (right ? 1.0f : 1.0f + ep) * (left ? 1.0f : 1.0f + em);
     const float linear = (right ? 0.0f : (p < 0.0f ? -p : 0.0f)) + (left ? 0.0f : (m > 0.0f ? m : 0.0f));
-    const float v = fast_log((edge ? 1.0f : q) / den) - linear;
-    value[l] = v;
-    const bool is_tiny = !edge && !(v > float(kLogTinyProbability));
-    tiny[l] = is_tiny;
-    any |= int(is_tiny);
+    const float exact = fast_log((edge ? 1.0f : q) / den) - linear;
+    // Mid-bin density: log pdf(centre) + log(2h) = mid - s - 2 softplus(mid) - log((L-1)/2).
+    const float mid = inv * centered, e_mid = fast_exp(-(mid > 0.0f ? mid : -mid));
+    const float softplus_mid = (mid > 0.0f ? mid : 0.0f) + fast_log(1.0f + e_mid);
+    const float approx = mid - s - 2.0f * softplus_mid - log_half_levels;
+    const bool tiny = !edge && !(exact > float(kLogTinyProbability));
+    value[l] = tiny ? approx : exact;
     if (Grad) {
       const float sp = right ? 0.0f : (p >= 0.0f ? ep : 1.0f) / (1.0f + ep);  // sig(-p)
       const float sm = left ? 0.0f : (m >= 0.0f ? 1.0f : em) / (1.0f + em);   // sig(m)
       const float width_term = edge ? 0.0f : w * (1.0f - q) / q;
-      d_mean[l] = -inv * (sp - sm);
-      d_log_scale[l] = raw_scale[l] >= float(kMinLogScale) ? -p * sp + m * sm - width_term : 0.0f;
+      const float slope = 1.0f - 2.0f * (mid >= 0.0f ? 1.0f : e_mid) / (1.0f + e_mid);  // 1 - 2 sig(mid)
+      const float dm = tiny ? -inv * slope : -inv * (sp - sm);
+      const float ds = tiny ? -mid * slope - 1.0f : -p * sp + m * sm - width_term;
+      d_mean[l] = dm;
+      d_log_scale[l] = raw_scale[l] >= float(kMinLogScale) ? ds : 0.0f;
     }
   }
-  if (!any) return false;
-  for (int l = 0; l < n; ++l) {  // the mid-bin regime, per pixel (rare)
-    if (!tiny[l]) continue;
-    const float s = raw_scale[l] < float(kMinLogScale) ? float(kMinLogScale) : raw_scale[l];
-    const auto bin = bin_log_prob<Grad>(int64_t(level[l]), mean[l], s, levels);
-    value[l] = bin.value;
-    if (Grad) {
-      d_mean[l] = bin.d_mean;
-      d_log_scale[l] = raw_scale[l] >= float(kMinLogScale) ? bin.d_log_scale : 0.0f;
-    }
-  }
-  return true;
 }
 
 // The pixels [j0, j0 + n) of image b, float32: their levels, positions, the logits'
@@ -139,7 +133,6 @@ struct LaneBlock {
   float position[3][kLanes], lse[kLanes];
   float coeff[3][kLanes], mean[kLanes], value[kLanes];
   float d_mean[3][kLanes], d_log_scale[3][kLanes];
-  int32_t tiny[kLanes];
 
   const float* row(int64_t channel) const { return params + channel * hw; }
 
@@ -180,8 +173,7 @@ struct LaneBlock {
         if (c == 2) effective += coeff[1][l] * position[0][l] + coeff[2][l] * position[1][l];
         mean[l] = effective;
       }
-      bin_lanes<Grad>(n, level[c], mean, row(base + mixtures + k), levels, value, d_mean[c], d_log_scale[c],
-                      tiny);
+      bin_lanes<Grad>(n, level[c], mean, row(base + mixtures + k), levels, value, d_mean[c], d_log_scale[c]);
       for (int l = 0; l < n; ++l) a[l] += value[l];
     }
   }
