@@ -48,4 +48,11 @@ TORCH_LIBRARY(genfast, m) {
         "Tensor reduce_weight, Tensor reduce_bias, Tensor conv_weight, Tensor expand_weight, "
         "Tensor expand_bias, Tensor hidden_weight, Tensor hidden_bias, Tensor output_weight, "
         "Tensor output_bias) -> (Tensor, Tensor, Tensor)");
+  // Discretized mixture of logistics of PixelCNN++ (layout in csrc/dmol.h): the
+  // per-pixel NLL (B, H, W) of integer images x (B, C, H, W) under params (B, P, H, W),
+  // its gradient with respect to params, and one draw per pixel from uniforms.
+  m.def("dmol_loss(Tensor params, Tensor x, int num_mixtures, int levels) -> Tensor");
+  m.def("dmol_loss_backward(Tensor grad_nll, Tensor params, Tensor x, Tensor nll, int num_mixtures, "
+        "int levels) -> Tensor");
+  m.def("dmol_sample(Tensor params, Tensor u, int num_mixtures, int levels, float temperature) -> Tensor");
 }

@@ -182,3 +182,77 @@ def save_grid(images: torch.Tensor, levels: int, path: str, ncol: int, scale: in
     array = canvas.permute(1, 2, 0).numpy()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(array[..., 0] if c == 1 else array).save(path)
+
+
+# --- Fashion-MNIST (Xiao et al. 2017): the original IDX files -----------------------
+
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+# Where the Debian/Ubuntu package installs the four gzipped IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+# IDX type codes -> big-endian numpy dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format), gzipped or raw (told apart by the gzip magic
+    bytes), as a numpy array of its shape and type."""
+    import gzip
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path}: IDX shape {shape} needs {expected} bytes, the file has {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _fashion_mnist_file(root: str, stem: str) -> str:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {root}; install the Debian/Ubuntu package "
+        f"{FASHION_MNIST_PACKAGE} (apt-get install {FASHION_MNIST_PACKAGE}, files in {FASHION_MNIST_DIR}) "
+        f"or pass root=<folder with the original IDX files>")
+
+
+def load_fashion_mnist(root: str | None = None, split: str = "train", size: int = 28, levels: int = 256,
+                       limit: int | None = None) -> ImageData:
+    """Fashion-MNIST's fixed split ("train": 60 000 images, "test": 10 000), 28x28 grey,
+    labels 0..9 (FASHION_MNIST_CLASSES), read from the original IDX files (gzipped or
+    raw) in `root` (default: where the package dataset-fashion-mnist installs them);
+    resized to size x size and quantised like load_digits (levels=256 at 28x28 keeps
+    the bytes exactly). limit: only the first `limit` images of the split."""
+    if split not in ("train", "test"):
+        raise ValueError(f"load_fashion_mnist: split must be 'train' or 'test', got {split!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"load_fashion_mnist: limit must be a positive int or None, got {limit!r}")
+    root = FASHION_MNIST_DIR if root is None else root
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Fashion-MNIST folder {root} does not exist; install the Debian/Ubuntu package "
+            f"{FASHION_MNIST_PACKAGE} (apt-get install {FASHION_MNIST_PACKAGE}) or pass root=<folder with "
+            f"the original IDX files>")
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_fashion_mnist_file(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_fashion_mnist_file(root, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"Fashion-MNIST {split} files in {root}: images {images.shape} and labels "
+                         f"{labels.shape} do not match (expected (N, H, W) and (N,))")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    values = torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 255.0
+    return ImageData(quantize(resize(values, size), levels), torch.from_numpy(labels.astype(np.int64)), levels,
+                     num_classes=10)

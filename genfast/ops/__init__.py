@@ -2,9 +2,12 @@
 `name_reference`, its fake kernels and autograd registration; its schema is in
 csrc/schemas.cpp, its kernels in csrc/cpu/name.cpp and csrc/cuda/name.cu, its tests
 in tests/test_name.py and its benchmark in benchmarks/test_bench_name.py.
-gradient_penalty_interpolate shares the files of gradient_penalty."""
+gradient_penalty_interpolate shares the files of gradient_penalty, dmol_sample those of
+dmol_loss (genfast/ops/dmol.py, csrc/dmol.h, tests/test_dmol.py)."""
 from genfast.ops._draw import draw_from_logits
 from genfast.ops.code_statistics import code_statistics, code_statistics_reference
+from genfast.ops.dmol import (dmol_loss, dmol_loss_reference, dmol_num_params, dmol_sample,
+                              dmol_sample_reference)
 from genfast.ops.gated_pixelcnn_row import (GatedRowWeights, gated_pixelcnn_row,
                                             gated_pixelcnn_row_reference)
 from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_interpolate,
@@ -18,9 +21,11 @@ from genfast.ops.wavenet_step import (WaveNetWeights, wavenet_step,
 
 # The public ops (each takes impl="auto" | "ext" | "reference").
 OPS = ("masked_conv2d", "gradient_penalty", "gradient_penalty_interpolate", "nearest_code",
-       "code_statistics", "wavenet_step", "gated_pixelcnn_row", "pixelcnn_row")
+       "code_statistics", "wavenet_step", "gated_pixelcnn_row", "pixelcnn_row",
+       "dmol_loss", "dmol_sample")
 
-__all__ = ["OPS", "GatedRowWeights", "WaveNetWeights", "code_statistics", "code_statistics_reference",
+__all__ = ["OPS", "dmol_loss", "dmol_loss_reference", "dmol_num_params", "dmol_sample",
+           "dmol_sample_reference", "GatedRowWeights", "WaveNetWeights", "code_statistics", "code_statistics_reference",
            "gated_pixelcnn_row", "gated_pixelcnn_row_reference",
            "draw_from_logits", "gradient_penalty", "gradient_penalty_interpolate",
            "gradient_penalty_interpolate_reference", "gradient_penalty_reference", "masked_conv2d",
