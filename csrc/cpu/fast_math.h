@@ -15,7 +15,7 @@
 
 namespace genfast {
 
-inline float fast_exp(float x) {
+__attribute__((always_inline)) inline float fast_exp(float x) {
   const float clamped = x < -87.0f ? -87.0f : (x > 88.37f ? 88.37f : x);
   x = x != x ? x : clamped;
   // n = round(x / ln 2) by the 1.5 * 2^23 trick (no rounding call to vectorise).
@@ -32,7 +32,7 @@ inline float fast_exp(float x) {
   return p * std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
 }
 
-inline float fast_tanh(float a) {
+__attribute__((always_inline)) inline float fast_tanh(float a) {
   const float small = a * (1.0f + (a * a) * (-1.0f / 3.0f + (a * a) * (2.0f / 15.0f)));
   const float large = 1.0f - 2.0f / (fast_exp(2.0f * a) + 1.0f);
   return (a < 0.0625f && a > -0.0625f) ? small : large;

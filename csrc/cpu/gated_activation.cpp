@@ -20,12 +20,12 @@ template <typename T>
 inline T sigmoid(T b) { return T(1) / (T(1) + fast_exp(-b)); }
 
 template <typename T>
-inline void forward_run(const T* a, const T* b, T* y, int64_t n) {
+__attribute__((always_inline)) inline void forward_run(const T* a, const T* b, T* y, int64_t n) {
   for (int64_t j = 0; j < n; ++j) y[j] = gate_value(fast_tanh(a[j]), sigmoid(b[j]));
 }
 
 template <typename T>
-inline void backward_run(const T* g, const T* a, const T* b, T* ga, T* gb, int64_t n) {
+__attribute__((always_inline)) inline void backward_run(const T* g, const T* a, const T* b, T* ga, T* gb, int64_t n) {
   for (int64_t j = 0; j < n; ++j) gate_grads(g[j], fast_tanh(a[j]), sigmoid(b[j]), ga[j], gb[j]);
 }
 

@@ -30,19 +30,23 @@ void check_targets(const at::Tensor& target, int64_t classes, const char* op) {
   }
 }
 
+// Always inlined, so that each target_clones copy below compiles it for its ISA.
 // One block of n <= kBlock positions: x points at its first logit of class 0, rows
 // `inner` apart. Writes max, log_sum and loss of the n positions (t: their targets).
 template <typename T>
-inline void forward_block(const T* x, const int64_t* t, int64_t classes, int64_t inner, int64_t n,
+__attribute__((always_inline)) inline void forward_block(const T* x, const int64_t* t, int64_t classes, int64_t inner, int64_t n,
                           T* max_out, T* log_sum, T* loss) {
   T max[kBlock], sum[kBlock];  // local, so the compiler sees no aliasing with x
   for (int64_t j = 0; j < n; ++j) max[j] = -std::numeric_limits<T>::infinity(), sum[j] = T(0);
   for (int64_t c = 0; c < classes; ++c) {
     const T* row = x + c * inner;
-    for (int64_t j = 0; j < n; ++j) max[j] = (row[j] > max[j] || row[j] != row[j]) ? row[j] : max[j];
+    // A NaN logit is not kept as the max, but makes its exp, so the sum and the loss, NaN.
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) max[j] = row[j] > max[j] ? row[j] : max[j];
   }
   for (int64_t c = 0; c < classes; ++c) {
     const T* row = x + c * inner;
+#pragma omp simd
     for (int64_t j = 0; j < n; ++j) sum[j] += fast_exp(row[j] - max[j]);
   }
   for (int64_t j = 0; j < n; ++j) {
@@ -54,7 +58,7 @@ inline void forward_block(const T* x, const int64_t* t, int64_t classes, int64_t
 
 // grad = g * (softmax - onehot(t)) for one block laid out as in forward_block.
 template <typename T>
-inline void backward_block(const T* x, const int64_t* t, const T* g, const T* max, const T* log_sum,
+__attribute__((always_inline)) inline void backward_block(const T* x, const int64_t* t, const T* g, const T* max, const T* log_sum,
                            int64_t classes, int64_t inner, int64_t n, T* grad) {
   for (int64_t c = 0; c < classes; ++c) {
     const T* row = x + c * inner;
