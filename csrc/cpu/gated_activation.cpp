@@ -37,18 +37,11 @@ GENFAST_CLONES void backward_f32(const float* g, const float* a, const float* b,
                                  int64_t n) {
   backward_run(g, a, b, ga, gb, n);
 }
-void forward_f64(const double* a, const double* b, double* y, int64_t n) { forward_run(a, b, y, n); }
-void backward_f64(const double* g, const double* a, const double* b, double* ga, double* gb, int64_t n) {
-  backward_run(g, a, b, ga, gb, n);
-}
-inline void forward(const float* a, const float* b, float* y, int64_t n) { forward_f32(a, b, y, n); }
-inline void forward(const double* a, const double* b, double* y, int64_t n) { forward_f64(a, b, y, n); }
-inline void backward(const float* g, const float* a, const float* b, float* ga, float* gb, int64_t n) {
-  backward_f32(g, a, b, ga, gb, n);
-}
-inline void backward(const double* g, const double* a, const double* b, double* ga, double* gb, int64_t n) {
-  backward_f64(g, a, b, ga, gb, n);
-}
+// float64 (std:: math, not vectorised) needs no clones.
+inline auto forward_fn(float) { return &forward_f32; }
+inline auto forward_fn(double) { return &forward_run<double>; }
+inline auto backward_fn(float) { return &backward_f32; }
+inline auto backward_fn(double) { return &backward_run<double>; }
 
 // Calls fn(o, j0, j1) for the runs [j0, j1) of half-block o that cover the flat
 // output elements [begin, end).
@@ -76,7 +69,7 @@ at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
     at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
       for_runs(begin, end, half, [&](int64_t o, int64_t j0, int64_t j1) {
         const scalar_t* a = in + o * 2 * half + j0;
-        forward(a, a + half, res + o * half + j0, j1 - j0);
+        forward_fn(scalar_t())(a, a + half, res + o * half + j0, j1 - j0);
       });
     });
   });
@@ -101,7 +94,8 @@ at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_in, const at::Te
     at::parallel_for(0, grad.numel(), kGrain, [&](int64_t begin, int64_t end) {
       for_runs(begin, end, half, [&](int64_t o, int64_t j0, int64_t j1) {
         const int64_t off = o * 2 * half + j0;
-        backward(g + o * half + j0, in + off, in + off + half, gx + off, gx + off + half, j1 - j0);
+        backward_fn(scalar_t())(g + o * half + j0, in + off, in + off + half, gx + off, gx + off + half,
+                                j1 - j0);
       });
     });
   });
