@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
 from genfast.nn import MaskedConv2d
 from genfast.ops import masked_conv2d
+from genfast.ops.softmax_cross_entropy import softmax_cross_entropy
 
 
 def pointwise(in_channels: int, out_channels: int, color_groups: int, impl: str) -> nn.Conv2d:
@@ -206,7 +206,7 @@ class AutoregressiveImageModel(nn.Module):
     def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None,
              cond: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per sub-pixel, in nats."""
-        return nll(self(x, labels, cond), x)
+        return nll(self(x, labels, cond), x, self.impl)
 
     # -- sampling -------------------------------------------------------------------
     @torch.no_grad()
@@ -379,9 +379,9 @@ class AutoregressiveImageModel(nn.Module):
         return rows
 
 
-def nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def nll(logits: torch.Tensor, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """Mean negative log-likelihood in nats of integer images x under logits
-    (N, levels, channels, H, W); computed in float32 at least."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.cross_entropy(logits, x.long())
+    (N, levels, channels, H, W); computed in float32 at least. One fused op
+    (genfast.ops.softmax_cross_entropy: no copy of the logits; impl="reference" is
+    F.cross_entropy)."""
+    return softmax_cross_entropy(logits, x, impl=impl)

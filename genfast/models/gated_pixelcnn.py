@@ -44,16 +44,17 @@ from torch import nn
 
 from genfast.models.base import AutoregressiveImageModel, masked_weight, pointwise, run_masked
 from genfast.nn import MaskedConv2d
+from genfast.ops.gated_activation import gated_activation
 from genfast.ops.gated_pixelcnn_row import GatedRowWeights, gated_pixelcnn_row
 from genfast.ops.masked_conv2d import MAX_KERNEL_SIZE
 
 
-def gate(pre: torch.Tensor, groups: int) -> torch.Tensor:
+def gate(pre: torch.Tensor, groups: int, impl: str = "auto") -> torch.Tensor:
     """tanh(a) * sigmoid(b) of a pre-activation (N, 2 * C, H, W) -> (N, C, H, W). Colour
-    group g owns the channel block g of both: a and b are its first and second half."""
-    n, c2, h, w = pre.shape
-    pre = pre.view(n, groups, 2, c2 // (2 * groups), h, w)
-    return (torch.tanh(pre[:, :, 0]) * torch.sigmoid(pre[:, :, 1])).reshape(n, c2 // 2, h, w)
+    group g owns the channel block g of the pre-activation: a and b are its first and
+    second half. One fused op (genfast.ops.gated_activation; impl="reference" is the
+    composite tanh * sigmoid)."""
+    return gated_activation(pre, groups, impl=impl)
 
 
 def shift_down(t: torch.Tensor) -> torch.Tensor:
@@ -95,19 +96,22 @@ class GatedLayer(nn.Module):
         return term
 
     def forward(self, v, h, labels=None, cond=None):
-        p = self.pad
+        p, impl = self.pad, self.horizontal_conv.impl
         v_pre = self.vertical_conv(F.pad(v, (p, p, p, 0)))
-        v_pre = v_pre + self.conditioning(self.class_vertical, self.cond_vertical, labels, cond, v_pre)
+        # Unconditional layers skip the conditioning terms (adding a 0 is a full pass).
+        if self.class_vertical is not None or self.cond_vertical is not None:
+            v_pre = v_pre + self.conditioning(self.class_vertical, self.cond_vertical, labels, cond, v_pre)
         h_pre = run_masked(self.horizontal_conv, h) + self.link(shift_down(v_pre))
-        h_pre = h_pre + self.conditioning(self.class_horizontal, self.cond_horizontal, labels, cond, h_pre)
-        gated = gate(h_pre, self.color_groups)
+        if self.class_horizontal is not None or self.cond_horizontal is not None:
+            h_pre = h_pre + self.conditioning(self.class_horizontal, self.cond_horizontal, labels, cond, h_pre)
+        gated = gate(h_pre, self.color_groups, impl)
         skip = run_masked(self.skip, gated)
         if self.last:
             return None, None, skip
         h_out = run_masked(self.horizontal_out, gated)
         if not self.first:
             h_out = h_out + h
-        return gate(v_pre, 1), h_out, skip
+        return gate(v_pre, 1, impl), h_out, skip
 
 
 class GatedPixelCNN(AutoregressiveImageModel):
@@ -154,10 +158,10 @@ class GatedPixelCNN(AutoregressiveImageModel):
 
     def logits(self, features, labels=None, cond=None, *, last_row_only=False):
         v = h = features
-        skips = 0
+        skips = None
         for layer in self.layers:
             v, h, skip = layer(v, h, labels, cond)
-            skips = skips + skip
+            skips = skip if skips is None else skips + skip
         if last_row_only:
             skips = skips[:, :, -1:]
         out = run_masked(self.output_hidden, torch.relu(skips))
@@ -257,7 +261,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
                 link = layer.link.weight[:, :, 0, 0]
                 torch.add(v_pre[:, :, 0].transpose(1, 2) @ link.t(), constant[l], out=row_bias[l])
                 if l < len(self.layers) - 1:
-                    row_in = gate(v_pre, 1)
+                    row_in = gate(v_pre, 1, impl)
             add_spatial_conditioning(i + 1)
         # (H, n, C, W, levels) -> (n, levels, C, H, W), the layout of forward's logits.
         return torch.stack(rows).permute(1, 4, 2, 0, 3) if keep_logits else None
