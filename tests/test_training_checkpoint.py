@@ -93,10 +93,9 @@ def runs(tmp_path_factory):
     assert cli.main(PIXELCNN + ["--data", paths["data"], "--checkpoint", paths["pixelcnn"]]) == 0
     assert cli.main(VQVAE + ["--out", str(root / "vq")]) == 0
     paths["vqvae"] = str(root / "vq" / "checkpoint.pt")
-    assert cli.main(["train", "prior", "--vqvae", paths["vqvae"], "--out", str(root / "prior"),
-                     "--steps", "2", "--val-every", "2", "--batch-size", "8", "--hidden", "4",
-                     "--layers", "1", "--kernel-size", "3", "--embedding-dim", "2", "--no-progress"]) == 0
+    assert cli.main(PRIOR + ["--vqvae", paths["vqvae"], "--out", str(root / "prior")]) == 0
     paths["prior"] = str(root / "prior")
+    paths["prior-codes"] = str(root / "prior" / "prior-codes.pt")
     assert cli.main(WGAN + ["--out", str(root / "gan")]) == 0
     paths["wgan-gp"] = str(root / "gan" / "checkpoint.pt")
     assert cli.main(WAVENET + ["--out", str(root / "wave")]) == 0
@@ -108,6 +107,8 @@ PIXELCNN = ["train", "pixelcnn", "--size", "6", "--levels", "4", "--hidden", "4"
             "--steps", "1", "--batch-size", "4", "--no-progress"]
 VQVAE = ["train", "vqvae", "--limit", "32", "--batch-size", "32", "--size", "16", "--channels", "4",
          "--num-codes", "8", "--code-dim", "2", "--epochs", "1"]
+PRIOR = ["train", "prior", "--steps", "2", "--val-every", "2", "--batch-size", "8", "--hidden", "4",
+         "--layers", "1", "--kernel-size", "3", "--embedding-dim", "2", "--no-progress"]
 WGAN = ["train", "wgan-gp", "--steps", "1", "--batch-size", "8", "--hidden", "4", "--quiet",
         "--device", "cpu", "--sample-every", "100"]
 WAVENET = ["train", "wavenet", "--steps", "1", "--batch-size", "2", "--segment", "8",
@@ -115,7 +116,7 @@ WAVENET = ["train", "wavenet", "--steps", "1", "--batch-size", "2", "--segment",
            "--num-samples", "0", "--device", "cpu", "--quiet"]
 
 
-def copy_to(tmp_path, source, name="checkpoint.pt", mangle=None):
+def copy_to(tmp_path, source, mangle=None, name="checkpoint.pt"):
     """A copy of `source` in a fresh folder, optionally mangled: 'half' (truncated) or
     'junk' (not a torch file)."""
     folder = tmp_path / f"copy-{len(os.listdir(tmp_path))}"
@@ -140,6 +141,8 @@ def commands(paths, path, folder):
         "train vqvae --resume": VQVAE + ["--out", str(folder), "--resume", "--epochs", "2"],
         "train prior --vqvae": ["train", "prior", "--vqvae", str(path), "--out", str(folder / "p"),
                                 "--steps", "1", "--no-progress"],
+        "train prior --resume": PRIOR + ["--vqvae", paths["vqvae"], "--out", str(folder), "--resume",
+                                         "--steps", "3"],
         "sample vqvae --vqvae": ["sample", "vqvae", "--vqvae", str(path), "--prior", paths["prior"],
                                  "--out", out],
         "train wgan-gp --resume": WGAN + ["--out", str(folder), "--resume", "--steps", "2"],
@@ -152,9 +155,12 @@ def commands(paths, path, folder):
 
 # command -> the kind of checkpoint it reads
 READS = {"train pixelcnn": "pixelcnn", "sample pixelcnn": "pixelcnn", "train vqvae --resume": "vqvae",
-         "train prior --vqvae": "vqvae", "sample vqvae --vqvae": "vqvae", "train wgan-gp --resume": "wgan-gp",
+         "train prior --vqvae": "vqvae", "train prior --resume": "prior-codes", "sample vqvae --vqvae": "vqvae", "train wgan-gp --resume": "wgan-gp",
          "sample wgan-gp": "wgan-gp", "train wavenet --resume": "wavenet", "sample wavenet": "wavenet"}
-OTHER = {"pixelcnn": "wavenet", "vqvae": "wgan-gp", "wgan-gp": "vqvae", "wavenet": "pixelcnn"}
+OTHER = {"pixelcnn": "wavenet", "vqvae": "wgan-gp", "wgan-gp": "vqvae", "wavenet": "pixelcnn",
+         "prior-codes": "vqvae"}
+# the file name each command looks for in its folder
+NAMES = {"prior-codes": "prior-codes.pt"}
 
 
 def fails_in_one_line(args, path, match):
@@ -172,13 +178,13 @@ def fails_in_one_line(args, path, match):
 @pytest.mark.parametrize("command", list(READS))
 @pytest.mark.parametrize("mangle", ["half", "junk"])
 def test_truncated_or_corrupt_checkpoint(runs, tmp_path, command, mangle):
-    path = copy_to(tmp_path, runs[READS[command]], mangle=mangle)
+    path = copy_to(tmp_path, runs[READS[command]], mangle, NAMES.get(READS[command], "checkpoint.pt"))
     fails_in_one_line(commands(runs, path, path.parent)[command], path, "cannot read")
 
 
 @pytest.mark.parametrize("command", list(READS))
 def test_checkpoint_of_another_model(runs, tmp_path, command):
-    path = copy_to(tmp_path, runs[OTHER[READS[command]]])
+    path = copy_to(tmp_path, runs[OTHER[READS[command]]], None, NAMES.get(READS[command], "checkpoint.pt"))
     fails_in_one_line(commands(runs, path, path.parent)[command], path, "is not a checkpoint of")
 
 
@@ -187,9 +193,10 @@ def test_checkpoint_of_another_model(runs, tmp_path, command):
     ("train vqvae --resume", ["--num-codes", "16"]),
     ("train wgan-gp --resume", ["--hidden", "8"]),
     ("train wavenet --resume", ["--residual-channels", "4"]),
+    ("train prior --resume", ["--hidden", "8"]),
 ])
 def test_resume_with_another_config(runs, tmp_path, command, change):
-    path = copy_to(tmp_path, runs[READS[command]])
+    path = copy_to(tmp_path, runs[READS[command]], None, NAMES.get(READS[command], "checkpoint.pt"))
     args = commands(runs, path, path.parent)[command] + change
     message = fails_in_one_line(args, path, "was trained with a config that differs")
     assert change[0][2:].replace("-", "_") in message

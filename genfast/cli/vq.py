@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from genfast.cli.common import device as pick_device
 from genfast.cli.common import user_errors
+from genfast.training.vqvae import NUM_CLASSES
 
-NUM_CLASSES = 10  # the digits
 SAMPLE_COLUMNS = 10  # of the PNG grid: with the default labels, one per digit
 
 
