@@ -41,8 +41,10 @@ def test_legacy_checkpoints_without_a_kind_are_recognised_by_their_keys(tmp_path
         load_checkpoint(path, kind="vqvae", required=("config", "model", "optimizer"))
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint", "half"])
-def test_unreadable_files_are_one_line_errors(tmp_path, content):
+@pytest.mark.parametrize("content,diagnosis", [(b"", "the file is empty"),
+                                               (b"not a checkpoint", "not a torch.save file"),
+                                               ("half", "truncated: a zip archive of")])
+def test_unreadable_files_are_one_line_errors(tmp_path, content, diagnosis):
     path = tmp_path / "c.pt"
     if content == "half":
         save_checkpoint(str(path), {"weights": torch.randn(1000)})
@@ -52,6 +54,7 @@ def test_unreadable_files_are_one_line_errors(tmp_path, content):
         load_checkpoint(str(path), kind="wavenet")
     message = str(info.value)
     assert "\n" not in message and str(path) in message and "cannot read" in message
+    assert diagnosis in message
     assert path.read_bytes() == content
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 
 import torch
@@ -72,8 +73,9 @@ def load_checkpoint(path: str, *, kind: str, required: tuple[str, ...] = (),
         reason = one_line(exc)
         if len(reason) > 200:
             reason = reason[:200] + "..."
-        raise CheckpointError(f"cannot read {path} as a checkpoint (corrupt or truncated?): "
-                              f"{type(exc).__name__}: {reason}") from None
+        detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise CheckpointError(f"cannot read {path} as a checkpoint ({_diagnose(path)}): "
+                              f"{detail}") from None
     expected = f"a checkpoint of {KINDS[kind]}"
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not {expected}: it holds a {type(state).__name__}, "
@@ -86,6 +88,23 @@ def load_checkpoint(path: str, *, kind: str, required: tuple[str, ...] = (),
     if missing:
         raise CheckpointError(f"{path} is not {expected}: it has no {', '.join(map(repr, missing))}")
     return state
+
+
+def _diagnose(path: str) -> str:
+    """What is wrong with a file torch.load refused, as far as its bytes tell."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    if size == 0:
+        return "the file is empty"
+    if head == b"PK\x03\x04":  # torch.save's zip format
+        if not zipfile.is_zipfile(path):
+            return f"truncated: a zip archive of {size} bytes without its end"
+        return "corrupt: a zip archive torch cannot read"
+    return "not a torch.save file"
 
 
 def check_config(path: str, saved: dict, wanted: dict) -> None:
