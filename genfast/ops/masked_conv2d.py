@@ -137,8 +137,8 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     "reference".
     """
     dh, dw = _pair(dilation, "dilation")
-    if dh < 1 or dw < 1:
-        raise ValueError(f"masked_conv2d: dilation must be positive, got {(dh, dw)}")
+    if not (1 <= dh <= 2**24 and 1 <= dw <= 2**24):  # larger would overflow 32-bit offsets
+        raise ValueError(f"masked_conv2d: dilation must be between 1 and 2**24 (16777216), got {(dh, dw)}")
     _check_args(input, weight, bias, mask_type, color_groups)
     if not _backend.use_extension("masked_conv2d", impl, input, KERNEL_DTYPES):
         return masked_conv2d_reference(input, weight, bias, mask_type=mask_type,
