@@ -23,7 +23,7 @@ LEGACY_CONFIG_KEYS = {
 }
 
 
-def renamed_keywords(model: str, deprecated: dict, values: dict) -> dict:
+def renamed_keywords(model: str, deprecated: dict, values: dict, *, stacklevel: int = 3) -> dict:
     """`values` (the new names' arguments) updated from `deprecated` (the constructor's
     **kwargs): each old name warns and sets its new name; any other name is the
     TypeError Python raises for an unexpected keyword."""
@@ -33,7 +33,7 @@ def renamed_keywords(model: str, deprecated: dict, values: dict) -> dict:
             raise TypeError(f"{model}.__init__() got an unexpected keyword argument {old!r}")
         new = renames[old]
         warnings.warn(f"{model}: the argument {old!r} is deprecated; use {new!r} "
-                      f"(docs/vocabulary.md)", DeprecationWarning, stacklevel=3)
+                      f"(docs/vocabulary.md)", DeprecationWarning, stacklevel=stacklevel)
         values[new] = value
     return values
 

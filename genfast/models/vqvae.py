@@ -25,7 +25,7 @@ def _image_channels(model: str, image_channels: int, options: dict) -> int:
     if "in_channels" not in options:
         return image_channels
     old = {"in_channels": options.pop("in_channels")}
-    return renamed_keywords(model, old, {"image_channels": image_channels})["image_channels"]
+    return renamed_keywords(model, old, {"image_channels": image_channels}, stacklevel=4)["image_channels"]
 
 
 class ResidualBlock(nn.Module):
