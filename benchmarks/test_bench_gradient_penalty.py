@@ -11,7 +11,7 @@
    through DLPack; optional: pip install cupy-cuda13x).
 2. A whole critic step of a DCGAN critic (no batch norm) at 32x32 and 64x64, batch
    64: WGAN-GP (critic loss + penalty, backward) and R1 (StyleGAN2's regularisation
-   step: D(real), R1, backward), genfast.losses.gradient_penalty vs the same step
+   step: D(real), R1, backward), genfast.losses.critic_gradient_penalty vs the same step
    written as public code does (baseline). extra_info["peak_mb"]: the step's peak
    memory above its inputs (CPU: the profiler's allocation events; CUDA:
    max_memory_allocated).
@@ -121,7 +121,7 @@ def reference_penalty(critic, real, fake, eps, kind):
 
 
 def genfast_penalty(critic, real, fake, eps, kind):
-    return losses.gradient_penalty(critic, real, fake, kind=kind, weight=10.0, eps=eps, impl="ext")
+    return losses.critic_gradient_penalty(critic, real, fake, kind=kind, weight=10.0, eps=eps, impl="ext")
 
 
 def critic_step(critic, real, fake, eps, kind, penalty_fn):

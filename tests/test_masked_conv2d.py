@@ -201,7 +201,7 @@ def test_kernel_mask_equals_table(device, mask_type, color_groups):
     w = torch.randn(9, 6, 5, 5, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, impl="ext")
     (grad,) = torch.autograd.grad(out.square().sum(), w)
-    expected = masked_conv2d_mask(9, 6, 5, mask_type, color_groups, dtype=torch.float64, device=device)
+    expected = masked_conv2d_mask(6, 9, 5, mask_type, color_groups, dtype=torch.float64, device=device)
     assert torch.equal((grad != 0).to(torch.float64), expected)
 
 
@@ -296,7 +296,7 @@ def test_huge_sizes_rejected():
 def test_reference_is_masked_conv2d():
     # The reference is F.conv2d with the masked weight and 'same' padding.
     x, w = _ok_args()
-    mask = masked_conv2d_mask(6, 3, 3, "A")
+    mask = masked_conv2d_mask(3, 6, 3, "A")
     torch.testing.assert_close(masked_conv2d(x, w, mask_type="A", impl="reference"),
                                F.conv2d(x, w * mask, padding=1))
 

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.base import AutoregressiveImageModel, masked_weight, pointwise, run_masked
+from genfast.models._compat import renamed_keywords
+from genfast.models.autoregressive_image import AutoregressiveImageModel, masked_weight, pointwise, run_masked
 from genfast.nn import MaskedConv2d
 from genfast.ops.gated_activation import gated_activation
 from genfast.ops.gated_pixelcnn_row import GatedRowWeights, gated_pixelcnn_row
@@ -115,9 +116,11 @@ class GatedLayer(nn.Module):
 
 
 class GatedPixelCNN(AutoregressiveImageModel):
-    """Gated PixelCNN over `levels` values per sub-pixel; grey (channels=1) or RGB (3).
+    """Gated PixelCNN over `levels` values per sub-pixel; grey (image_channels=1) or RGB (3).
+    Keyword arguments only (names: docs/vocabulary.md; `hidden` is a deprecated alias
+    of hidden_channels).
 
-    hidden: channels of each stack (a multiple of channels); num_layers >= 1;
+    hidden_channels: channels of each stack (a multiple of image_channels); num_layers >= 1;
     kernel_size: odd, 3..11; num_classes: class conditioning (None for none);
     cond_channels: channels of a spatial conditioning map (N, cond_channels, H, W) given
     as `cond`, at the image's resolution (0 for none); embedding_dim: learned level embeddings instead of scaled
@@ -125,23 +128,27 @@ class GatedPixelCNN(AutoregressiveImageModel):
     impl: "auto" | "ext" | "reference" for every masked layer.
     """
 
-    def __init__(self, channels: int = 1, levels: int = 256, hidden: int = 64,
+    def __init__(self, *, image_channels: int = 1, levels: int = 256, hidden_channels: int = 64,
                  num_layers: int = 8, kernel_size: int = 5, num_classes: int | None = None,
                  cond_channels: int = 0, embedding_dim: int | None = None, image_size=28,
-                 impl: str = "auto"):
-        super().__init__(channels=channels, levels=levels, num_classes=num_classes,
+                 impl: str = "auto", **deprecated):
+        if deprecated:
+            hidden_channels = renamed_keywords("GatedPixelCNN", deprecated,
+                                               {"hidden_channels": hidden_channels})["hidden_channels"]
+        channels, hidden = image_channels, hidden_channels
+        super().__init__(image_channels=channels, levels=levels, num_classes=num_classes,
                          cond_channels=cond_channels, embedding_dim=embedding_dim,
                          image_size=image_size, impl=impl)
         if not isinstance(hidden, int) or hidden < 1 or hidden % channels:
-            raise ValueError(f"GatedPixelCNN: hidden must be a positive multiple of channels "
-                             f"({channels}), got {hidden!r}")
+            raise ValueError(f"GatedPixelCNN: hidden_channels must be a positive multiple of "
+                             f"image_channels ({channels}), got {hidden!r}")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"GatedPixelCNN: num_layers must be a positive int, got {num_layers!r}")
         if (not isinstance(kernel_size, int) or kernel_size % 2 == 0
                 or not 3 <= kernel_size <= MAX_KERNEL_SIZE):
             raise ValueError(f"GatedPixelCNN: kernel_size must be odd and between 3 and "
                              f"{MAX_KERNEL_SIZE}, got {kernel_size!r}")
-        self.hidden, self.num_layers, self.kernel_size = hidden, num_layers, kernel_size
+        self.hidden_channels, self.num_layers, self.kernel_size = hidden, num_layers, kernel_size
         self.layers = nn.ModuleList(
             GatedLayer(self.input_channels if i == 0 else hidden, hidden, kernel_size, i == 0,
                        i == num_layers - 1, self.color_groups, num_classes, cond_channels, impl)
@@ -151,7 +158,8 @@ class GatedPixelCNN(AutoregressiveImageModel):
 
     @property
     def config(self) -> dict:
-        return dict(channels=self.channels, levels=self.levels, hidden=self.hidden,
+        return dict(image_channels=self.image_channels, levels=self.levels,
+                    hidden_channels=self.hidden_channels,
                     num_layers=self.num_layers, kernel_size=self.kernel_size,
                     num_classes=self.num_classes, cond_channels=self.cond_channels,
                     embedding_dim=self.embedding_dim, image_size=self.image_size, impl=self.impl)
@@ -182,7 +190,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
             return weight.permute(2, 1, 0)
 
         table = self.feature_table(dtype, device)
-        hidden = self.hidden
+        hidden = self.hidden_channels
         later = [taps(layer.horizontal_conv) for layer in self.layers[1:]]
         horizontal = (torch.stack(later) if later else
                       table.new_zeros((0, self.kernel_size // 2 + 1, hidden, 2 * hidden)))
@@ -230,7 +238,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
         constant = [c if l.class_horizontal is None else c + l.class_horizontal(labels).to(dtype)
                     for c, l in zip(constant, self.layers)]
         constant = [c.reshape(-1, 1, c.shape[-1]) for c in constant]  # (1 or n, 1, 2H)
-        row_bias = weights.feature_table.new_empty((len(self.layers), n, width, 2 * self.hidden))
+        row_bias = weights.feature_table.new_empty((len(self.layers), n, width, 2 * self.hidden_channels))
         for l in range(len(self.layers)):
             row_bias[l] = constant[l]
 
