@@ -1,0 +1,1 @@
+"""Training loops of genfast's models (one module per family)."""
