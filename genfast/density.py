@@ -222,14 +222,7 @@ class GaussianMixture:
             if out is not None:
                 out(start, log_resp, log_norm)
             if statistics:
-                resp = log_resp.exp_()
-                s0 += resp.sum(0, dtype=torch.float64)
-                s1 += (resp.T @ xc).double()
-                if full:   # sum r x x^T for all components as one GEMM with the outer products
-                    outer = (xc[:, :, None] * xc[:, None, :]).view(-1, d * d)
-                else:
-                    outer = xc * xc
-                s2 += (resp.T @ outer).double()
+                _accumulate((s0, s1, s2), log_resp.exp_(), xc, full)
         if statistics:
             return total, (s0, s1, s2)
         return total, None
@@ -248,22 +241,38 @@ class GaussianMixture:
             cov = s2 / nk[:, None] - centred_means ** 2 + self.reg_covar
         self._set_parameters(nk / n, centred_means + shift, cov)
 
-    def _initial_responsibilities(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, k = x.shape[0], self.n_components
-        if self.init_params == "random":
-            resp = torch.rand(n, k, generator=generator, dtype=torch.float64).to(x.device)
-            return resp / resp.sum(1, keepdim=True)
-        centres = kmeans_plusplus(x, k, generator=generator)
-        for _ in range(self.kmeans_iter):
+    def _initial_statistics(self, x: torch.Tensor, shift: torch.Tensor, generator: torch.Generator):
+        """The M-step statistics of the initial responsibilities: random ones (drawn chunk
+        by chunk), or the nearest k-means centre's (one-hot), accumulated in chunks."""
+        (n, d), k = x.shape, self.n_components
+        labels = None
+        if self.init_params != "random":
+            centres = kmeans_plusplus(x, k, generator=generator)
+            chunk = self._chunk(d)
+            for _ in range(self.kmeans_iter):
+                labels = _nearest(x, centres)
+                sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
+                for start in range(0, n, chunk):
+                    sums.index_add_(0, labels[start:start + chunk], x[start:start + chunk].double())
+                counts = torch.bincount(labels, minlength=k).double()
+                keep = counts > 0                                  # empty clusters keep their centre
+                centres = torch.where(keep[:, None], sums / counts.clamp_min(1)[:, None],
+                                      centres.double()).to(x.dtype)
             labels = _nearest(x, centres)
-            sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-            sums.index_add_(0, labels, x.double())
-            counts = torch.bincount(labels, minlength=k).double()
-            keep = counts > 0                                  # empty clusters keep their centre
-            centres = torch.where(keep[:, None], sums / counts.clamp_min(1)[:, None],
-                                  centres.double()).to(x.dtype)
-        labels = _nearest(x, centres)
-        return torch.nn.functional.one_hot(labels, k).double()
+        full = self.covariance_type == "full"
+        stats = (torch.zeros(k, dtype=torch.float64, device=x.device),
+                 torch.zeros(k, d, dtype=torch.float64, device=x.device),
+                 torch.zeros(k, d * d if full else d, dtype=torch.float64, device=x.device))
+        chunk = self._chunk(d)
+        for start in range(0, n, chunk):
+            xc = x[start:start + chunk] - shift.to(x.dtype)
+            if labels is None:
+                resp = torch.rand(xc.shape[0], k, generator=generator, dtype=torch.float64)
+                resp = (resp / resp.sum(1, keepdim=True)).to(device=x.device, dtype=x.dtype)
+            else:
+                resp = torch.nn.functional.one_hot(labels[start:start + chunk], k).to(x.dtype)
+            _accumulate(stats, resp, xc, full)
+        return stats
 
     def _initialize(self, x: torch.Tensor, shift: torch.Tensor) -> None:
         n, d = x.shape
@@ -275,20 +284,8 @@ class GaussianMixture:
             covariances = None
         else:
             generator = torch.Generator().manual_seed(self.seed)
-            resp = self._initial_responsibilities(x, generator)
-            nk = resp.sum(0) + 10 * _EPS64
-            means = resp.T @ x.double() / nk[:, None]
-            diff_sq = None
-            if self.covariance_type == "full":
-                covariances = torch.empty(k, d, d, dtype=torch.float64, device=x.device)
-                for j in range(k):
-                    diff = x.double() - means[j]
-                    covariances[j] = (resp[:, j, None] * diff).T @ diff / nk[j]
-                    covariances[j].diagonal().add_(self.reg_covar)
-            else:
-                diff_sq = resp.T @ x.double().square() / nk[:, None]
-                covariances = diff_sq - means ** 2 + self.reg_covar
-            weights = nk / n
+            self._m_step(self._initial_statistics(x, shift, generator), n, shift)
+            weights, means, covariances = self.weights_, self.means_, self.covariances_
             if self.weights_init is not None:
                 weights = to64(self.weights_init)
             if self.means_init is not None:
@@ -319,7 +316,7 @@ class GaussianMixture:
         if n < self.n_components:
             raise ValueError(f"GaussianMixture.fit: {n} rows are fewer than n_components "
                              f"({self.n_components})")
-        shift = x.double().mean(0)
+        shift = x.sum(0, dtype=torch.float64) / n
         self._initialize(x, shift)
         self.converged_, self.history_ = False, []
         lower_bound = -math.inf
@@ -344,7 +341,8 @@ class GaussianMixture:
             log_resp[start:start + lr.shape[0]] = lr
             log_norm[start:start + ln.shape[0]] = ln
 
-        self._pass(x, x.double().mean(0) if n else self.means_.mean(0), statistics=False, out=out)
+        self._pass(x, x.sum(0, dtype=torch.float64) / n if n else self.means_.mean(0), statistics=False,
+                   out=out)
         return log_resp, log_norm
 
     def score_samples(self, X) -> torch.Tensor:
@@ -358,7 +356,7 @@ class GaussianMixture:
         x = self._data(X, "score")
         if x.shape[0] == 0:
             raise ValueError("GaussianMixture.score: X has no rows")
-        total, _ = self._pass(x, x.double().mean(0), statistics=False)
+        total, _ = self._pass(x, x.sum(0, dtype=torch.float64) / x.shape[0], statistics=False)
         return float(total) / x.shape[0]
 
     def predict_proba(self, X) -> torch.Tensor:
@@ -394,6 +392,18 @@ class GaussianMixture:
             x = means[labels] + covariances[labels].sqrt() * noise
         device = self.means_.device
         return x.to(device), labels.to(device)
+
+
+def _accumulate(stats, resp: torch.Tensor, xc: torch.Tensor, full: bool) -> None:
+    """Adds a chunk's (sum r, sum r x, sum r x x^T (full) or sum r x^2 (diag)) to the
+    float64 stats; the chunk's sums run in its dtype, sum r x x^T for all components as
+    one GEMM of the responsibilities with the rows' outer products."""
+    s0, s1, s2 = stats
+    d = xc.shape[1]
+    s0 += resp.sum(0, dtype=torch.float64)
+    s1 += (resp.T @ xc).double()
+    outer = (xc[:, :, None] * xc[:, None, :]).view(-1, d * d) if full else xc * xc
+    s2 += (resp.T @ outer).double()
 
 
 def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
