@@ -70,7 +70,7 @@ def main() -> None:
     full, part = statistics.median(full), statistics.median(part)
     print(f"VAE step (batch {args.batch}, {args.size}x{args.size}, hidden {args.hidden}, latent "
           f"{args.latent}) on {device}: {full * 1e3:.2f} ms; reparameterise + KL forward and backward: "
-          f"{part * 1e3:.3f} ms = {100 * part / full:.2f}% of the step")
+          f"{part * 1e3:.3f} ms = {100 * part / full:.3g}% of the step")
 
 
 if __name__ == "__main__":
