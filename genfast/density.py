@@ -161,6 +161,15 @@ class GaussianMixture:
             return self.chunk_size
         return max(64, _CHUNK_ELEMENTS // (self.n_components * d))
 
+    def _column_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The float64 mean of the rows, chunk by chunk (a float64 sum of the whole of x
+        would first make a float64 copy of it)."""
+        total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        chunk = self._chunk(x.shape[1])
+        for start in range(0, x.shape[0], chunk):
+            total += x[start:start + chunk].sum(0, dtype=torch.float64)
+        return total / x.shape[0]
+
     def _check_fitted(self, op: str) -> None:
         if not hasattr(self, "means_"):
             raise RuntimeError(f"GaussianMixture.{op}: call fit first")
@@ -316,7 +325,7 @@ class GaussianMixture:
         if n < self.n_components:
             raise ValueError(f"GaussianMixture.fit: {n} rows are fewer than n_components "
                              f"({self.n_components})")
-        shift = x.sum(0, dtype=torch.float64) / n
+        shift = self._column_mean(x)
         self._initialize(x, shift)
         self.converged_, self.history_ = False, []
         lower_bound = -math.inf
@@ -341,8 +350,7 @@ class GaussianMixture:
             log_resp[start:start + lr.shape[0]] = lr
             log_norm[start:start + ln.shape[0]] = ln
 
-        self._pass(x, x.sum(0, dtype=torch.float64) / n if n else self.means_.mean(0), statistics=False,
-                   out=out)
+        self._pass(x, self._column_mean(x) if n else self.means_.mean(0), statistics=False, out=out)
         return log_resp, log_norm
 
     def score_samples(self, X) -> torch.Tensor:
@@ -356,7 +364,7 @@ class GaussianMixture:
         x = self._data(X, "score")
         if x.shape[0] == 0:
             raise ValueError("GaussianMixture.score: X has no rows")
-        total, _ = self._pass(x, x.sum(0, dtype=torch.float64) / x.shape[0], statistics=False)
+        total, _ = self._pass(x, self._column_mean(x), statistics=False)
         return float(total) / x.shape[0]
 
     def predict_proba(self, X) -> torch.Tensor:
