@@ -105,3 +105,21 @@ def test_run_command_line(tmp_path):
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["test_iwae"]["k"] == 4 and metrics["test_iwae"]["bits_per_dim"] > 0
+
+
+def test_fashion_mnist_source(monkeypatch):
+    import genfast.data
+    from genfast.training.vae import load_data
+
+    calls = []
+
+    def fake(root=None, split="train", size=28, levels=256, limit=None):
+        calls.append((split, size, levels))
+        return toy_data(levels=levels)
+
+    monkeypatch.setattr(genfast.data, "load_fashion_mnist", fake, raising=False)
+    train, test = load_data("fashion-mnist", 8, 16)
+    assert calls == [("train", 8, 16), ("test", 8, 16)] and len(train) == len(test) == 48
+    monkeypatch.delattr(genfast.data, "load_fashion_mnist", raising=False)
+    with pytest.raises(ValueError, match="no load_fashion_mnist"):
+        load_data("fashion-mnist", 8, 16)

@@ -365,7 +365,8 @@ def load_data(source: str, size: int, levels: int, data_loader=None) -> tuple[Im
         loader = getattr(gdata, "load_fashion_mnist", None)
         if loader is None:
             raise ValueError("this genfast.data has no load_fashion_mnist; use --data digits")
-        return loader(size=size, levels=levels)
+        return (loader(split="train", size=size, levels=levels),
+                loader(split="test", size=size, levels=levels))
     return gdata.load_dataset(source, size, levels)
 
 
