@@ -372,7 +372,8 @@ def test_the_sampler_checks_the_images_once_not_per_row(monkeypatch):
     # Every row op call skips the known-value check (a device->host sync per row on a
     # GPU): sample() checked the prefix once.
     calls = recorded_rows_kwargs(monkeypatch)
-    model = PixelCNN(channels=3, levels=4, hidden=6, num_blocks=1, input_kernel=3, image_size=(4, 3))
+    model = PixelCNN(image_channels=3, levels=4, hidden_channels=6, num_blocks=1, input_kernel_size=3,
+                     image_size=(4, 3))
     model.sample(2, prefix=torch.randint(0, 4, (2, 3, 2, 3)))
     assert len(calls) == 4 and all(kwargs.get("check_levels") is False for kwargs in calls)
 

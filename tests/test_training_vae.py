@@ -39,8 +39,8 @@ def test_resume_is_exact(tmp_path, variant):
         saved = []
         real_save = trainer.save_checkpoint
 
-        def save_then_stop(p, s):
-            real_save(p, s)
+        def save_then_stop(p, s, **kwargs):
+            real_save(p, s, **kwargs)
             saved.append(s["step"])
             if s["step"] == 3:
                 raise KeyboardInterrupt
@@ -63,7 +63,7 @@ def test_checkpoint_mismatch_and_load(tmp_path):
     loaded = load_vae(path)
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="written by another run"):
+    with pytest.raises(ValueError, match="config that differs from this run's: batch_size 8 -> 16"):
         train_vae(model_for("vae"), data, steps=4, batch_size=16, checkpoint=path, progress=False)
 
 
