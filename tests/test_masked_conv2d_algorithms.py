@@ -139,6 +139,15 @@ def spy(monkeypatch):
             calls.append((_phase, algorithm))
             return _original(algorithm, *args)
         monkeypatch.setattr(mc, name, wrapper)
+    original_op = mc._kernel_op
+
+    def kernel_op(input, weight, *args):  # live_tap in every phase, through the op's autograd
+        calls.append(("forward", "live_tap"))
+        if torch.is_grad_enabled():
+            calls.extend((p, "live_tap") for p, t in (("grad_input", input), ("grad_weight", weight))
+                         if t.requires_grad)
+        return original_op(input, weight, *args)
+    monkeypatch.setattr(mc, "_kernel_op", kernel_op)
     return calls
 
 

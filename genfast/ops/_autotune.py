@@ -3,9 +3,10 @@
 An op that has several algorithms for one computation (e.g. masked_conv2d: genfast's
 live-tap kernel, a dense sub-kernel decomposition, the dense convolution of
 weight * mask) asks `choose(op, phase, key, candidates, heuristic, device)` once per
-call. The first call with a new key times every candidate (one warm-up run, then a few
-timed runs within a small budget), drops the ones that raise (out of memory included),
-and caches the fastest; later calls with that key look the choice up.
+call. The first call with a new key times every candidate (one warm-up run each, then
+3 to 10 interleaved rounds within a small time budget, keeping each one's fastest run),
+drops the ones that raise (out of memory included), and caches the fastest; later
+calls with that key look the choice up.
 
 No timing happens (the heuristic, or an already cached choice, is used instead) when
 - timing is off: GENFAST_AUTOTUNE=0 (module attribute ENABLED),
@@ -40,8 +41,9 @@ ENABLED = os.environ.get("GENFAST_AUTOTUNE", "1").strip().lower() not in ("0", "
 CACHE_PATH = os.environ.get("GENFAST_AUTOTUNE_CACHE") or None
 
 WARMUP = 1           # untimed runs per candidate (first-call setup: oneDNN primitives, cuDNN plans)
-MAX_REPS = 3         # timed runs per candidate at most; the minimum is kept
-BUDGET_S = 0.25      # stop repeating a candidate once its timed runs took this long
+MIN_REPS = 3         # timed rounds at least (each round runs every candidate once); the minimum is kept
+MAX_REPS = 10        # ... and at most, while the rounds so far took less than BUDGET_S
+BUDGET_S = 0.3
 FILE_VERSION = 1
 
 _lock = threading.RLock()
@@ -153,39 +155,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_candidate(run: Callable[[], object], device: torch.device, best_s: float) -> float:
-    for _ in range(WARMUP):
-        run()
-    _sync(device)
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < MAX_REPS and spent < BUDGET_S:
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        spent += elapsed
-        if elapsed > 2 * best_s:  # clearly slower than the best so far: no need to refine
-            break
-    return min(times)
-
-
 def _time_all(candidates: Mapping[str, Callable[[], object]], device: torch.device) -> dict:
+    """{name: best time in ms, or None when the candidate raised}. Candidates are timed
+    in interleaved rounds, so that a burst of load from other processes hits all of
+    them alike; one clearly slower than the best (3x) leaves the rounds early."""
     timings: dict[str, float | None] = {}
-    best = float("inf")
+    alive: dict[str, Callable[[], object]] = {}
     with torch.no_grad():
         for name, run in candidates.items():
             try:
-                seconds = _time_candidate(run, device, best)
+                for _ in range(WARMUP):
+                    run()
+                _sync(device)
             except Exception:  # e.g. out of memory, or no kernel for this configuration: dropped
                 timings[name] = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            timings[name] = seconds * 1e3
-            best = min(best, seconds)
-    return timings
+            alive[name] = run
+            timings[name] = float("inf")
+        rounds, spent = 0, 0.0
+        while alive and rounds < MAX_REPS and (rounds < MIN_REPS or spent < BUDGET_S):
+            for name, run in list(alive.items()):
+                try:
+                    start = time.perf_counter()
+                    run()
+                    _sync(device)
+                    elapsed = time.perf_counter() - start
+                except Exception:
+                    timings[name] = None
+                    del alive[name]
+                    continue
+                timings[name] = min(timings[name], elapsed)
+                spent += elapsed
+            rounds += 1
+            done = [t for t in timings.values() if t is not None]
+            best = min(done) if done else 0.0
+            for name in [n for n in alive if timings[n] > 3 * best]:
+                del alive[name]
+    return {n: None if t is None else t * 1e3 for n, t in timings.items()}
 
 
 def cached(op: str, phase: str, key: tuple, eligible) -> str | None:

@@ -312,21 +312,32 @@ class _MaskedConv2dFunction(torch.autograd.Function):
 def heuristic_algorithm(phase: str, device_type: str, dtype: torch.dtype, input_shape, weight_shape,
                         mask_type: str, color_groups: int, eligible=ALGORITHMS) -> str:
     """The choice when no timing may happen (GENFAST_AUTOTUNE=0, deterministic mode,
-    torch.compile tracing, CUDA graph capture, a key never timed). Derived from
-    measurements; see docs/masked-conv-algorithms.md."""
+    torch.compile tracing or CUDA graph capture with a signature never timed).
+
+    CPU (measured on an Intel Xeon with AVX-512/AMX, torch 2.14, 2 threads; see
+    docs/masked-conv-algorithms.md): genfast's live-tap kernels won the forward and the
+    input gradient on nearly every benchmark and model layer; the weight gradient went to
+    the dense convolution of weight * mask (oneDNN) on the large benchmark layers (at
+    least 64 channels in and out, 3x3 or larger, 16384 or more output pixels per batch)
+    and to the live-tap kernel on the models' smaller layers. The decomposition paid
+    for its extra oneDNN calls (each reorders its input and output to oneDNN's blocked
+    layout) and won only a few tiny 1x1 colour-masked cases. Without a kernel for the
+    dtype (e.g. bfloat16 on the CPU) the dense convolution.
+    CUDA: the decomposition, whose dense sub-kernels cuDNN runs on tensor cores (TF32 /
+    bf16 / fp16), while genfast's CUDA kernel is a SIMT implicit GEMM without them (not
+    measured here: no GPU; time it with GENFAST_AUTOTUNE=1, the default).
+    """
+    if phase not in PHASES:
+        raise ValueError(f"masked_conv2d: phase must be one of {PHASES}, got {phase!r}")
+    n, c_in, h, w = input_shape
+    c_out, _, kh, kw = weight_shape
     if device_type == "cuda":
-        # cuDNN runs the dense sub-kernels on tensor cores (TF32 / bf16 / fp16); genfast's
-        # CUDA kernel is a SIMT implicit GEMM without them.
-        choice = "decomposed"
+        order = ("decomposed", "dense", "live_tap")
+    elif phase == "grad_weight" and c_in >= 64 and c_out >= 64 and kh * kw >= 9 and n * h * w >= 16384:
+        order = ("dense", "live_tap", "decomposed")
     else:
-        choice = _cpu_heuristic(phase, dtype, input_shape, weight_shape, mask_type, color_groups)
-    if choice in eligible:
-        return choice
-    return next(a for a in ("decomposed", "dense", "live_tap") if a in eligible)
-
-
-def _cpu_heuristic(phase, dtype, input_shape, weight_shape, mask_type, color_groups) -> str:
-    return "decomposed"
+        order = ("live_tap", "dense", "decomposed")
+    return next((a for a in order if a in eligible), order[0])
 
 
 def _check_algorithm(algorithm):
@@ -442,6 +453,11 @@ def _choose_algorithms(input, weight, bias, dilation, mask_type, color_groups, p
     return chosen
 
 
+def _kernel_op(input, weight, bias, dilation, mask_type, color_groups):
+    """genfast's op with its registered autograd: the live-tap kernels in every phase."""
+    return torch.ops.genfast.masked_conv2d(input, weight, bias, list(dilation), mask_type, color_groups)
+
+
 def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                   mask_type: str = "B", color_groups: int = 1, dilation=1,
                   impl: str = "auto", algorithm="auto") -> torch.Tensor:
@@ -490,8 +506,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         with _no_autocast(input.device.type):
             return _forward(algorithms[0], input, weight, bias, (dh, dw), mask_type, color_groups)
     if all(a == "live_tap" for a, p in zip(algorithms, PHASES) if p in phases):
-        # genfast's op with its registered autograd: the kernels in every phase.
-        return torch.ops.genfast.masked_conv2d(input, weight, bias, [dh, dw], mask_type, color_groups)
+        return _kernel_op(input, weight, bias, (dh, dw), mask_type, color_groups)
     return _MaskedConv2dFunction.apply(input, weight, bias, (dh, dw), mask_type, color_groups,
                                        algorithms)
 
