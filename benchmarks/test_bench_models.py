@@ -32,7 +32,7 @@ def case_id(case):
     return f"{case[0]}-{case[1]}x{case[2]}"
 
 
-def build(name, channels, side, config, levels, impl, device, algorithm="auto"):
+def build(name, channels, side, config, levels, impl, algorithm, device):
     torch.manual_seed(0)
     model = MODELS[name](channels=channels, levels=levels, image_size=side, impl=impl, **config)
     for module in model.modules():
