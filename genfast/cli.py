@@ -48,8 +48,8 @@ def _print_autotune(autotune: dict) -> None:
     state = "on" if autotune["enabled"] else "off (GENFAST_AUTOTUNE=0: heuristic choices)"
     print(f"algorithm autotuning: {state}; cache file: {autotune['cache_file'] or 'none'}")
     if not autotune["choices"]:
-        print("  no cached choices (choices are made on an op's first call with a new signature;"
-              " set GENFAST_AUTOTUNE_CACHE to keep them across processes)")
+        print("  no cached choices (made on an op's first call with a new signature; "
+              "GENFAST_AUTOTUNE_CACHE=path keeps them across processes)")
     for key, entry in sorted(autotune["choices"].items()):
         timings = ", ".join(f"{name} {'failed' if ms is None else f'{ms:.3g} ms'}"
                             for name, ms in entry["timings_ms"].items())

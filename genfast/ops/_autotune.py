@@ -235,9 +235,15 @@ def choose(op: str, phase: str, key: tuple, candidates: Mapping[str, Callable[[]
         return best
 
 
-def choices() -> dict:
-    """The cached choices: key string -> {"op", "phase", "algorithm", "timings_ms", "source"}."""
+def choices(*, read_file: bool = False) -> dict:
+    """The cached choices: key string -> {"op", "phase", "algorithm", "timings_ms", "source"}.
+    read_file: first merge the cache file's entries for this machine's CPU (and GPU,
+    when one is visible), as a process would on its first call."""
     with _lock:
+        if read_file:
+            _load_file(torch.device("cpu"))
+            if torch.cuda.is_available():
+                _load_file(torch.device("cuda"))
         return {k: dict(v, timings_ms=dict(v.get("timings_ms", {}))) for k, v in _cache.items()}
 
 
