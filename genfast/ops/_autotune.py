@@ -26,6 +26,7 @@ that cannot be read or parsed is ignored with a warning (and replaced on the nex
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ _cache: dict[str, dict] = {}
 _file_loaded_from: str | None = None
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -119,8 +121,10 @@ def _load_file(device: torch.device) -> None:
     """Merges the file's entries for this device's processor and torch version."""
     global _file_loaded_from
     path = CACHE_PATH
+    if path is None:
+        return
     marker = f"{path}::{environment_key(device)}"
-    if path is None or _file_loaded_from == marker:
+    if _file_loaded_from == marker:
         return
     _file_loaded_from = marker
     entries = _read_file(path)["environments"].get(environment_key(device), {})
