@@ -24,8 +24,8 @@ from conftest import record, synced
 from genfast.models import GatedPixelCNN
 
 IMPLS = ("naive", "naive, full run", "python incremental", "genfast")
-CASES = {"grey28": dict(channels=1, image_size=28, hidden=64, num_layers=8, kernel_size=5),
-         "rgb32": dict(channels=3, image_size=32, hidden=126, num_layers=15, kernel_size=5)}
+CASES = {"grey28": dict(image_channels=1, image_size=28, hidden_channels=64, num_layers=8, kernel_size=5),
+         "rgb32": dict(image_channels=3, image_size=32, hidden_channels=126, num_layers=15, kernel_size=5)}
 BATCHES = (1, 16, 64, 256)
 QUICK = {("grey28", 1), ("grey28", 16), ("rgb32", 1), ("rgb32", 16)}
 
@@ -51,7 +51,7 @@ def test_gated_pixelcnn_sampling(benchmark, bench_device, quick, case, batch, im
         pytest.skip(reason)
     torch.manual_seed(0)
     model = GatedPixelCNN(**CASES[case]).to(bench_device).eval()
-    c, (h, w) = model.channels, model.image_size
+    c, (h, w) = model.image_channels, model.image_size
     generator = torch.Generator(bench_device)
     kwargs = {}
     if impl == "naive":
@@ -70,7 +70,7 @@ def test_gated_pixelcnn_sampling(benchmark, bench_device, quick, case, batch, im
         model.sample(batch, generator=generator.manual_seed(0), **kwargs)
 
     label = "naive (1 sub-pixel x W*C*(H+1)/2, estimated)" if impl == "naive" else impl
-    group = (f"gated pixelcnn sample {c}x{h}x{w} h{model.hidden}x{model.num_layers} k{model.kernel_size} "
+    group = (f"gated pixelcnn sample {c}x{h}x{w} h{model.hidden_channels}x{model.num_layers} k{model.kernel_size} "
              f"b{batch} fp32 {bench_device}")
     record(benchmark, group, label, baseline=impl == "naive")
     if bench_device == "cuda":

@@ -7,9 +7,11 @@
    the same bytes moved by PyTorch's plainest kernels (one reduction over g, one
    scale of g into a fresh tensor), since the penalty must read g once and then
    read it again and write its gradient. extra_info holds the bytes each moves.
+   On a GPU also the composite math written with cupy on g's memory (shared
+   through DLPack; optional: pip install cupy-cuda13x).
 2. A whole critic step of a DCGAN critic (no batch norm) at 32x32 and 64x64, batch
    64: WGAN-GP (critic loss + penalty, backward) and R1 (StyleGAN2's regularisation
-   step: D(real), R1, backward), genfast.losses.gradient_penalty vs the same step
+   step: D(real), R1, backward), genfast.losses.critic_gradient_penalty vs the same step
    written as public code does (baseline). extra_info["peak_mb"]: the step's peak
    memory above its inputs (CPU: the profiler's allocation events; CUDA:
    max_memory_allocated).
@@ -48,11 +50,23 @@ def bandwidth_floor(g):
     return torch.mul(flat, scale[:, None])  # a second read, one write into a fresh tensor
 
 
+def cupy_composite(g):
+    """The penalty's value and gradient written by hand with cupy, on g's memory."""
+    import cupy as cp
+
+    gc = cp.from_dlpack(g.detach()).reshape(g.shape[0], -1)
+    norm = cp.sqrt((gc * gc).sum(1))
+    value = 10 * ((norm - 1) ** 2).mean()  # what a cupy user's loss would report
+    grad = (20 / g.shape[0]) * ((norm - 1) / norm)[:, None] * gc
+    return torch.from_dlpack(grad.reshape(g.shape)), torch.from_dlpack(cp.asarray(value))
+
+
 PENALTY_IMPLS = {
     "genfast": (fused, 3),  # (function, passes over g: reads + writes)
     "composite norm": (composite_norm, None),
     "composite sum of squares": (composite_sum_of_squares, None),
     "bandwidth floor (sum + scale)": (bandwidth_floor, 3),
+    "cupy composite (DLPack)": (cupy_composite, None),
 }
 
 
@@ -61,6 +75,10 @@ PENALTY_IMPLS = {
 def test_penalty_math(benchmark, bench_device, quick, impl, numel):
     if quick and numel not in QUICK_SIZES:
         pytest.skip("not in --quick")
+    if impl.startswith("cupy"):
+        if bench_device != "cuda":
+            pytest.skip("cupy is the GPU peer (CUDA only)")
+        pytest.importorskip("cupy", reason="cupy is not installed (optional: pip install cupy-cuda13x)")
     g = torch.randn(BATCH, numel // BATCH, generator=torch.Generator().manual_seed(0)).to(bench_device)
     g = (g / g.norm(dim=1, keepdim=True) * 1.3).requires_grad_()
     fn, passes = PENALTY_IMPLS[impl]
@@ -103,7 +121,7 @@ def reference_penalty(critic, real, fake, eps, kind):
 
 
 def genfast_penalty(critic, real, fake, eps, kind):
-    return losses.gradient_penalty(critic, real, fake, kind=kind, weight=10.0, eps=eps, impl="ext")
+    return losses.critic_gradient_penalty(critic, real, fake, kind=kind, weight=10.0, eps=eps, impl="ext")
 
 
 def critic_step(critic, real, fake, eps, kind, penalty_fn):

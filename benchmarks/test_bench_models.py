@@ -16,10 +16,10 @@ from genfast.ops import _autotune
 
 # (model, channels, side, config, batch): grey digits-sized and CIFAR-sized RGB models.
 TRAIN_CASES = [
-    ("pixelcnn", 1, 28, dict(hidden=64, num_blocks=6), 16),
-    ("gated-pixelcnn", 1, 28, dict(hidden=64, num_layers=8, kernel_size=5), 16),
-    ("pixelcnn", 3, 32, dict(hidden=96, num_blocks=6), 8),
-    ("gated-pixelcnn", 3, 32, dict(hidden=96, num_layers=8, kernel_size=5), 8),
+    ("pixelcnn", 1, 28, dict(hidden_channels=64, num_blocks=6), 16),
+    ("gated-pixelcnn", 1, 28, dict(hidden_channels=64, num_layers=8, kernel_size=5), 16),
+    ("pixelcnn", 3, 32, dict(hidden_channels=96, num_blocks=6), 8),
+    ("gated-pixelcnn", 3, 32, dict(hidden_channels=96, num_layers=8, kernel_size=5), 8),
 ]
 QUICK_TRAIN_CASES = TRAIN_CASES[:2]
 # name -> (impl, algorithm of every masked layer)
@@ -34,7 +34,7 @@ def case_id(case):
 
 def build(name, channels, side, config, levels, impl, algorithm, device):
     torch.manual_seed(0)
-    model = MODELS[name](channels=channels, levels=levels, image_size=side, impl=impl, **config)
+    model = MODELS[name](image_channels=channels, levels=levels, image_size=side, impl=impl, **config)
     for module in model.modules():
         if isinstance(module, MaskedConv2d):
             module.algorithm = algorithm
@@ -43,7 +43,7 @@ def build(name, channels, side, config, levels, impl, algorithm, device):
 
 def describe(name, config):
     depth = config.get("num_layers", config.get("num_blocks"))
-    return f"{name} h{config['hidden']}x{depth}"
+    return f"{name} h{config['hidden_channels']}x{depth}"
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))

@@ -2,7 +2,9 @@
 + argmin (the baseline), the expanded form ||x||^2 - 2 x.e + ||e||^2 + argmin
 (taming's VectorQuantizer2, rosinality's vq-vae-2), and faiss's IndexFlatL2 (a
 tiled GEMM with a fused k-select; the faiss-cpu package, and faiss's GPU index
-where a GPU build is installed). Each case also records the peak extra memory of
+where a GPU build is installed), and on a GPU the expanded form in cupy (cupy matrix
+product + argmin on the same memory, shared through DLPack; optional: pip install
+cupy-cuda13x). Each case also records the peak extra memory of
 one call (extra_info["peak_memory_mib"]). Sizes are those of VQ-VAE-2, ViT-VQGAN
 and VQGAN codebooks; GENFAST_BENCH_LARGE=1 adds the largest (N = 262144).
 """
@@ -58,6 +60,26 @@ def faiss_search(device):
     return search, None
 
 
+def cupy_expanded_form(device):
+    """The expanded form written with cupy, as a cupy user would (x and e shared with
+    torch through DLPack, no copies), or None with the reason."""
+    if device != "cuda":
+        return None, "cupy is the GPU peer (CUDA only)"
+    try:
+        import cupy as cp
+    except ImportError:
+        return None, "cupy is not installed (optional: pip install cupy-cuda13x)"
+
+    def search(x, e):
+        xc, ec = cp.from_dlpack(x), cp.from_dlpack(e)
+        scores = (xc * xc).sum(1, keepdims=True) - 2 * (xc @ ec.T) + (ec * ec).sum(1)
+        indices = scores.argmin(1)
+        distances = cp.take_along_axis(scores, indices[:, None], 1)[:, 0]
+        return torch.from_dlpack(distances), torch.from_dlpack(indices)
+
+    return search, None
+
+
 def expanded_form(x, e):
     scores = x.square().sum(1, keepdim=True) - 2 * x @ e.T + e.square().sum(1)
     return scores.min(1)
@@ -91,7 +113,7 @@ def peak_extra_mib(fn, device):
     return (status("VmHWM:") - before) / 1024
 
 
-IMPLS = ["genfast", "torch.cdist+argmin", "expanded form", "faiss IndexFlatL2"]
+IMPLS = ["genfast", "torch.cdist+argmin", "expanded form", "faiss IndexFlatL2", "cupy expanded form"]
 
 
 def cases(device, quick):
@@ -110,15 +132,15 @@ def test_nearest_code(benchmark, bench_device, quick, impl, dtype, case):
     if case not in cases(bench_device, quick):
         pytest.skip(f"not a {'--quick ' if quick else ''}{bench_device} case"
                     + ("" if LARGE or bench_device == "cuda" else " (GENFAST_BENCH_LARGE=1 adds the large ones)"))
-    if dtype == torch.bfloat16 and (bench_device == "cpu" or impl == "faiss IndexFlatL2"):
-        pytest.skip("bfloat16 is benchmarked on CUDA, without faiss (float32 only)")
+    if dtype == torch.bfloat16 and (bench_device == "cpu" or impl in ("faiss IndexFlatL2", "cupy expanded form")):
+        pytest.skip("bfloat16 is benchmarked on CUDA, without faiss and cupy (float32 only)")
     n, k, d = case
     gen = torch.Generator().manual_seed(0)
     e = torch.randn(k, d, generator=gen)
     x = e[torch.randint(k, (n,), generator=gen)] + 0.5 * torch.randn(n, d, generator=gen)
     x, e = x.to(bench_device, dtype), e.to(bench_device, dtype)
-    if impl == "faiss IndexFlatL2":
-        fn, reason = faiss_search(bench_device)
+    if impl in ("faiss IndexFlatL2", "cupy expanded form"):
+        fn, reason = (faiss_search if impl == "faiss IndexFlatL2" else cupy_expanded_form)(bench_device)
         if fn is None:
             pytest.skip(reason)
     else:

@@ -23,8 +23,8 @@ from genfast.models import PixelCNN
 
 IMPLS = ("naive", "python incremental", "genfast")
 BATCHES = (1, 16, 64, 256)
-MODELS = {"28x28 grey": dict(channels=1, hidden=64, image_size=28),
-          "32x32 RGB": dict(channels=3, hidden=96, image_size=32)}
+MODELS = {"28x28 grey": dict(image_channels=1, hidden_channels=64, image_size=28),
+          "32x32 RGB": dict(image_channels=3, hidden_channels=96, image_size=32)}
 NAIVE_ROWS = 4
 
 

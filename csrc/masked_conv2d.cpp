@@ -25,7 +25,6 @@ LiveTaps live_taps(int64_t kernel_h, int64_t kernel_w, int64_t dilation_h, int64
     for (int64_t j = 0; j < cols; ++j) {
       taps.dy[taps.count] = static_cast<int>((i - center_h) * dilation_h);
       taps.dx[taps.count] = static_cast<int>((j - center_w) * dilation_w);
-      taps.kernel_index[taps.count] = static_cast<int>(i * kernel_w + j);
       ++taps.count;
     }
   }
@@ -35,7 +34,6 @@ LiveTaps live_taps(int64_t kernel_h, int64_t kernel_w, int64_t dilation_h, int64
   if (taps.has_center) {
     taps.dy[taps.count] = 0;
     taps.dx[taps.count] = 0;
-    taps.kernel_index[taps.count] = static_cast<int>(center_h * kernel_w + center_w);
     ++taps.count;
   }
   return taps;
@@ -62,6 +60,11 @@ LiveTaps check_args(const char* op, const at::Tensor& input, const char* input_n
               ")");
   TORCH_CHECK(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1, op,
               ": dilation must be two positive integers, got ", dilation);
+  // Larger offsets would overflow the kernels' 32-bit pixel coordinates and read real
+  // pixels where the true tap lies in the padding.
+  TORCH_CHECK_VALUE(dilation[0] <= kMaxDilation && dilation[1] <= kMaxDilation, op,
+                    ": dilation must be at most ", kMaxDilation, " (2^24) per dimension, got ",
+                    dilation);
   TORCH_CHECK(color_groups >= 1 && weight_size[0] % color_groups == 0 &&
                   weight_size[1] % color_groups == 0,
               op, ": color_groups (", color_groups,
@@ -86,34 +89,28 @@ void check_same_dtype_and_device(const char* op, const at::Tensor& a, const char
               " must be on the same device, got ", a.device(), " and ", b.device());
 }
 
-// (out_channels, in_channels) 0/1 mask of the centre tap.
+// (out_channels, in_channels) 0/1 mask of the centre tap (center_tap_live in tensor
+// form), built by kernels on the weight's device: no host-to-device copy, so no
+// stream stall and nothing that breaks CUDA-graph capture.
 at::Tensor center_tap_mask(int64_t out_channels, int64_t in_channels, const LiveTaps& taps,
                            const at::TensorOptions& options) {
-  auto mask = at::empty({out_channels, in_channels}, at::TensorOptions().dtype(at::kFloat));
-  auto m = mask.accessor<float, 2>();
-  const int64_t out_per_group = out_channels / taps.color_groups;
-  const int64_t in_per_group = in_channels / taps.color_groups;
-  for (int64_t o = 0; o < out_channels; ++o) {
-    for (int64_t c = 0; c < in_channels; ++c) {
-      const bool live = center_tap_live(taps.type, static_cast<int>(c / in_per_group),
-                                        static_cast<int>(o / out_per_group));
-      m[o][c] = live ? 1.f : 0.f;
-    }
-  }
-  return mask.to(options);
+  const auto index_options = options.dtype(at::kLong);
+  const auto group_out =
+      at::arange(out_channels, index_options).div_(out_channels / taps.color_groups, "trunc");
+  const auto group_in =
+      at::arange(in_channels, index_options).div_(in_channels / taps.color_groups, "trunc");
+  const auto live = taps.type == MaskType::A ? group_in.unsqueeze(0).lt(group_out.unsqueeze(1))
+                                             : group_in.unsqueeze(0).le(group_out.unsqueeze(1));
+  return live.to(options.dtype());
 }
 
-// Positions of the live taps in the flattened kernel, as an index tensor.
-at::Tensor tap_index(const LiveTaps& taps, const at::Device& device) {
-  std::vector<int64_t> index(taps.kernel_index, taps.kernel_index + taps.count);
-  return at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(device);
-}
-
-// (Cout, Cin, T) view of the live taps; the centre column is multiplied by its mask.
+// (Cout, Cin, T) copy of the live taps (the first T of the flattened kernel); the
+// centre column is multiplied by its mask.
 at::Tensor live_weight(const at::Tensor& weight, const LiveTaps& taps) {
   const int64_t out_c = weight.size(0), in_c = weight.size(1);
   auto live = weight.reshape({out_c, in_c, weight.size(2) * weight.size(3)})
-                  .index_select(2, tap_index(taps, weight.device()));
+                  .narrow(2, 0, taps.count)
+                  .clone(at::MemoryFormat::Contiguous);
   if (taps.has_center) {
     live.select(2, taps.count - 1).mul_(center_tap_mask(out_c, in_c, taps, weight.options()));
   }
@@ -187,7 +184,7 @@ at::Tensor unpack_live_weight(const at::Tensor& packed, at::IntArrayRef weight_s
     live.select(2, taps.count - 1).mul_(center_tap_mask(out_c, in_c, taps, packed.options()));
   }
   auto full = at::zeros({out_c, in_c, weight_size[2] * weight_size[3]}, packed.options());
-  full.index_copy_(2, tap_index(taps, packed.device()), live);
+  full.narrow(2, 0, taps.count).copy_(live);
   return full.view(weight_size);
 }
 

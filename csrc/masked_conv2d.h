@@ -14,6 +14,9 @@ enum class MaskType : int { A = 0, B = 1 };
 // An 11x11 kernel has 60 taps before its centre, plus the centre itself.
 constexpr int kMaxKernelSize = 11;
 constexpr int kMaxLiveTaps = kMaxKernelSize * kMaxKernelSize / 2 + 1;
+// Tap offsets are at most (kMaxKernelSize / 2) * dilation = 5 * 2^24 < 2^27 pixels, so
+// 32-bit pixel coordinates plus an offset cannot overflow (an image side is < 2^31).
+constexpr int64_t kMaxDilation = int64_t(1) << 24;
 
 // Raster-order rule at the centre tap: with colour groups (R, G, B), mask 'A' lets
 // a group see only earlier groups, mask 'B' also itself. Taps before the centre
@@ -23,7 +26,9 @@ GENFAST_HOST_DEVICE inline bool center_tap_live(MaskType type, int group_in, int
 }
 
 // The live taps of a mask in raster order, as offsets (dilation applied) from the
-// output position. Small enough to pass to a CUDA kernel by value.
+// output position. Small enough to pass to a CUDA kernel by value. In raster order
+// the live taps are the first `count` taps of the flattened kernel, so tap t is
+// kernel entry t (row * kernel_w + col).
 struct LiveTaps {
   MaskType type;
   int color_groups;
@@ -31,7 +36,6 @@ struct LiveTaps {
   bool has_center;  // if true, the last tap is the centre and is partially masked
   int dy[kMaxLiveTaps];
   int dx[kMaxLiveTaps];
-  int kernel_index[kMaxLiveTaps];  // row * kernel_w + col in the weight
 };
 
 // Argument checks of each op, the same on every backend; each returns the live taps.

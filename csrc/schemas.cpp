@@ -48,4 +48,21 @@ TORCH_LIBRARY(genfast, m) {
         "Tensor reduce_weight, Tensor reduce_bias, Tensor conv_weight, Tensor expand_weight, "
         "Tensor expand_bias, Tensor hidden_weight, Tensor hidden_bias, Tensor output_weight, "
         "Tensor output_bias) -> (Tensor, Tensor, Tensor)");
+  // Discretized mixture of logistics of PixelCNN++ (layout in csrc/dmol.h): the
+  // per-pixel NLL (B, H, W) of integer images x (B, C, H, W) under params (B, P, H, W),
+  // its gradient with respect to params, and one draw per pixel from uniforms.
+  m.def("dmol_loss(Tensor params, Tensor x, int num_mixtures, int levels) -> Tensor");
+  m.def("dmol_loss_backward(Tensor grad_nll, Tensor params, Tensor x, Tensor nll, int num_mixtures, "
+        "int levels) -> Tensor");
+  m.def("dmol_sample(Tensor params, Tensor u, int num_mixtures, int levels, float temperature) -> Tensor");
+  // Gated unit tanh(a) * sigmoid(b) of x (N, 2C, ...) with `groups` channel blocks, each
+  // its a half then its b half (layout in csrc/gated_activation.h) -> (N, C, ...).
+  m.def("gated_activation(Tensor x, int groups) -> Tensor");
+  m.def("gated_activation_backward(Tensor grad_output, Tensor x, int groups) -> Tensor");
+  // Cross-entropy of logits (N, L, ...) and int64 targets (N, ...) per position,
+  // without a copy of the logits: (loss, max, log_sum) with logsumexp = max + log_sum,
+  // see csrc/softmax_cross_entropy.h.
+  m.def("softmax_cross_entropy(Tensor logits, Tensor target) -> (Tensor, Tensor, Tensor)");
+  m.def("softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, "
+        "Tensor max, Tensor log_sum) -> Tensor");
 }

@@ -4,7 +4,7 @@ Every op in genfast.ops has a pure-PyTorch reference twin, used as the fallback
 when no compiled kernel exists for a device and as the oracle of the tests.
 """
 from genfast import _backend, nn, ops
-from genfast import losses
+from genfast import losses, models  # `import genfast` reaches genfast.nn, .ops, .losses, .models
 from genfast._backend import BUILD_INFO
 
 __version__ = "0.1.0"
@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 def backend_info() -> dict:
     """What is compiled, what each op will run on each device under impl="auto", and
     the algorithm choices the autotuner made in this process or finds in its cache
-    file (GENFAST_AUTOTUNE_CACHE): "autotune" -> {"enabled", "cache_file", "choices": {key: {"op", "phase",
-    "algorithm", "timings_ms", "source"}}}."""
+    file (GENFAST_AUTOTUNE_CACHE): "autotune" -> {"enabled", "cache_file", "choices":
+    {key: {"op", "phase", "algorithm", "timings_ms", "source"}}}."""
     import torch
 
     from genfast.ops import _autotune
@@ -33,4 +33,4 @@ def backend_info() -> dict:
 
 
 __all__ = ["backend_info", "nn", "ops", "__version__"]
-__all__ += ["losses"]
+__all__ += ["losses", "models"]

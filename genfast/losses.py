@@ -1,8 +1,10 @@
 """GAN losses and regularisers.
 
-- gradient_penalty(critic, real, fake, kind=...): WGAN-GP (Gulrajani et al. 2017) and
-  R1 / R2 (Mescheder et al. 2018), on genfast's fused ops (gradient_penalty_interpolate,
-  gradient_penalty); differentiable with respect to the critic's parameters.
+- critic_gradient_penalty(critic, real, fake, kind=...): WGAN-GP (Gulrajani et al.
+  2017) and R1 / R2 (Mescheder et al. 2018) of a critic, on genfast's fused ops
+  (genfast.ops.gradient_penalty_interpolate, and genfast.ops.gradient_penalty, the op
+  on a given gradient); differentiable with respect to the critic's parameters.
+  `gradient_penalty` is its deprecated former name.
 - gan_loss(real_logits, fake_logits, kind=..., target="d" | "g"): the standard
   adversarial losses.
 - LazyRegularization: StyleGAN2's lazy regularisation (Karras et al. 2020): apply the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +36,7 @@ def _check_batch(name: str, t, op: str) -> None:
         raise ValueError(f"{op}: {name} must be a non-empty batch (N, ...), got shape {tuple(t.shape)}")
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor | None = None, *,
+def critic_gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor | None = None, *,
                      kind: str = "wgan-gp", weight: float = 10.0, center: float = 1.0,
                      one_sided: bool = False, labels=None, eps: torch.Tensor | None = None,
                      generator: torch.Generator | None = None, return_norms: bool = False,
@@ -52,7 +55,7 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor | None = Non
     detached: the penalty trains the critic only. Returns the penalty (0-D), or
     (penalty, per-sample gradient norms) if return_norms.
     """
-    op = "gradient_penalty"
+    op = "critic_gradient_penalty"
     if kind not in PENALTY_KINDS:
         raise ValueError(f"{op}: kind must be one of {PENALTY_KINDS}, got {kind!r}")
     if not callable(critic):
@@ -90,6 +93,15 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor | None = Non
                          f"penalty needs a critic that is differentiable in x")
     return ops.gradient_penalty(grad, weight=weight, center=center, one_sided=one_sided,
                                 return_norms=return_norms, impl=impl)
+
+
+def gradient_penalty(*args, **kwargs):
+    """Deprecated: critic_gradient_penalty, renamed so that it is not confused with
+    genfast.ops.gradient_penalty (the op on a given gradient)."""
+    warnings.warn("genfast.losses.gradient_penalty is deprecated; use "
+                  "genfast.losses.critic_gradient_penalty (genfast.ops.gradient_penalty is the "
+                  "op on a given gradient)", DeprecationWarning, stacklevel=2)
+    return critic_gradient_penalty(*args, **kwargs)
 
 
 def gan_loss(real_logits: torch.Tensor | None, fake_logits: torch.Tensor, *, kind: str = "ns",
@@ -144,7 +156,7 @@ class LazyRegularization:
         opt_d = torch.optim.Adam(D.parameters(), **lazy.adam_hyperparameters(2e-3, (0, 0.99)))
         ...
         if lazy.applies(step):
-            (lazy.gain * gradient_penalty(D, real, kind="r1", weight=gamma)).backward()
+            (lazy.gain * critic_gradient_penalty(D, real, kind="r1", weight=gamma)).backward()
     """
 
     every: int = 16

@@ -24,8 +24,8 @@ def random_model(seed, dtype=torch.float64, device="cpu"):
     num_classes = rng.choice([None, 4])
     cond_channels = rng.choice([0, 2])
     size = (rng.randint(2, 6), rng.randint(1, 7))
-    model = GatedPixelCNN(channels=channels, levels=rng.choice([2, 5, 16]),
-                          hidden=channels * rng.randint(1, 4), num_layers=rng.randint(1, 4),
+    model = GatedPixelCNN(image_channels=channels, levels=rng.choice([2, 5, 16]),
+                          hidden_channels=channels * rng.randint(1, 4), num_layers=rng.randint(1, 4),
                           kernel_size=rng.choice([3, 5, 7]), num_classes=num_classes,
                           cond_channels=cond_channels, embedding_dim=rng.choice([None, 3]),
                           image_size=size).to(device, dtype)
@@ -58,7 +58,7 @@ def test_cached_completion_equals_naive_completion(impl, seed):
     model, n, kwargs = random_model(100 + seed)
     height, width = model.image_size
     gen = torch.Generator().manual_seed(seed)
-    prefix = torch.randint(0, model.levels, (n, model.channels, max(1, height - 1), width), generator=gen)
+    prefix = torch.randint(0, model.levels, (n, model.image_channels, max(1, height - 1), width), generator=gen)
     known = torch.rand(prefix.shape, generator=gen) < 0.6
     extra = dict(prefix=prefix, known_mask=known, temperature=0.7)
     naive = sample(model, n, kwargs, seed, method="naive", **extra)
@@ -77,7 +77,7 @@ def test_teacher_forced_logits_equal_the_full_forward_in_float32(device, impl, s
     model, n, kwargs = random_model(200 + seed, torch.float32, device)
     kwargs = {k: (v.to(device) if v is not None else None) for k, v in kwargs.items()}
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, model.levels, (n, model.channels, *model.image_size), generator=gen).to(device)
+    x = torch.randint(0, model.levels, (n, model.image_channels, *model.image_size), generator=gen).to(device)
     with torch.no_grad():
         want = model(x, **kwargs)
     got = model.cached_logits(x, **kwargs, impl=impl)
@@ -97,11 +97,11 @@ def random_row_case(seed, device="cpu", dtype=torch.float64):
         return torch.randn(shape, generator=gen, dtype=dtype).to(device)
 
     def taps_mask(cin, cout, mask_type):  # live taps j-p..j of a 1 x (2T - 1) mask, (T, in, out)
-        mask = masked_conv2d_mask(cout, cin, (1, 2 * taps - 1), mask_type, c, dtype=dtype, device=device)
+        mask = masked_conv2d_mask(cin, cout, (1, 2 * taps - 1), mask_type, c, dtype=dtype, device=device)
         return mask[:, :, 0, :taps].permute(2, 1, 0)
 
     def pointwise_mask(cin, cout):  # a 1x1 mask 'B' as (in, out)
-        return masked_conv2d_mask(cout, cin, 1, "B", c, dtype=dtype, device=device)[:, :, 0, 0].t()
+        return masked_conv2d_mask(cin, cout, 1, "B", c, dtype=dtype, device=device)[:, :, 0, 0].t()
 
     # Random weights under the colour masks the op relies on (group c sees groups <= c).
     weights = GatedRowWeights(rand(levels, e), rand(taps, c * e, 2 * h) * taps_mask(c * e, 2 * h, "A"),
@@ -150,7 +150,7 @@ def test_non_finite_logits_draw_minus_one_and_sample_raises(device):
     assert (values[:, 0] == -1).all()
     assert torch.equal(values, want)
 
-    model = GatedPixelCNN(levels=5, hidden=4, num_layers=2, kernel_size=3, image_size=3).double()
+    model = GatedPixelCNN(levels=5, hidden_channels=4, num_layers=2, kernel_size=3, image_size=3).double()
     with torch.no_grad():
         model.output_conv.bias[2] = float("inf")
     with pytest.raises(RuntimeError, match="non-finite logits at row 0, column 0, colour 0"):
@@ -173,7 +173,7 @@ def test_cache_memory_does_not_grow_with_the_image_height():
     module.gated_pixelcnn_row = spy
     try:
         for height in (3, 12):
-            model = GatedPixelCNN(levels=4, hidden=6, num_layers=2, kernel_size=5, image_size=(height, 5))
+            model = GatedPixelCNN(levels=4, hidden_channels=6, num_layers=2, kernel_size=5, image_size=(height, 5))
             model.sample(2)
     finally:
         module.gated_pixelcnn_row = original
@@ -248,7 +248,7 @@ def test_bad_input_to_the_compiled_op(change, match):
 
 
 def test_bad_sampling_method():
-    model = GatedPixelCNN(levels=4, hidden=2, num_layers=1, kernel_size=3, image_size=3)
+    model = GatedPixelCNN(levels=4, hidden_channels=2, num_layers=1, kernel_size=3, image_size=3)
     with pytest.raises(ValueError, match="method must be 'cached' or 'naive'"):
         model.sample(1, method="fast")
     with pytest.raises(ValueError, match="impl must be"):

@@ -31,7 +31,7 @@ def test_penalties_of_a_linear_critic(impl):
         ("r2", False): 10 / 2 * norm ** 2,
     }
     for (kind, one_sided), value in expect.items():
-        got = losses.gradient_penalty(critic, real, fake, kind=kind, weight=10.0, one_sided=one_sided, impl=impl)
+        got = losses.critic_gradient_penalty(critic, real, fake, kind=kind, weight=10.0, one_sided=one_sided, impl=impl)
         assert math.isclose(got.item(), value, rel_tol=1e-12)
         # Its gradient w.r.t. w: d/dw 10 (|w| - 1)^2 = 20 (|w| - 1) w / |w|; d/dw 5 |w|^2 = 10 w.
         (dw,) = torch.autograd.grad(got, critic[1].weight)
@@ -52,7 +52,7 @@ def test_penalty_of_a_quadratic_critic(impl):
     eps = torch.rand(6, generator=gen, dtype=torch.float64)
     x_hat = eps[:, None] * real + (1 - eps[:, None]) * fake
     want = 10 * ((a * x_hat.norm(dim=1) - 1) ** 2).mean()
-    got = losses.gradient_penalty(critic, real, fake, eps=eps, impl=impl)
+    got = losses.critic_gradient_penalty(critic, real, fake, eps=eps, impl=impl)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, a)[0], torch.autograd.grad(want, a)[0])
 
@@ -67,7 +67,7 @@ def test_penalty_eps_from_generator_and_labels():
 
     real, fake = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     labels = torch.tensor([0, 2, 3])
-    run = lambda seed: losses.gradient_penalty(conditional_critic, real, fake, labels=labels,
+    run = lambda seed: losses.critic_gradient_penalty(conditional_critic, real, fake, labels=labels,
                                                generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(5), run(5))  # eps comes from the generator
     assert seen[-1] is labels
@@ -79,11 +79,11 @@ def test_penalty_does_not_train_the_inputs_and_works_under_no_grad():
     critic = linear_critic(4)
     real = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     fake = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    penalty = losses.gradient_penalty(critic, real, fake)
+    penalty = losses.critic_gradient_penalty(critic, real, fake)
     penalty.backward()
     assert real.grad is None and fake.grad is None and critic[1].weight.grad is not None
     with torch.no_grad():  # e.g. while logging: still the same value
-        torch.testing.assert_close(losses.gradient_penalty(critic, real, fake, kind="r1"),
+        torch.testing.assert_close(losses.critic_gradient_penalty(critic, real, fake, kind="r1"),
                                    5 * critic[1].weight.detach().norm() ** 2)
 
 
@@ -108,7 +108,7 @@ def test_penalty_bad_input(make, error, match):
     critic, real, fake, kwargs = make(linear_critic(4), torch.randn(3, 4, dtype=torch.float64),
                                       torch.randn(3, 4, dtype=torch.float64))
     with pytest.raises(error, match=match):
-        losses.gradient_penalty(critic, real, fake, **kwargs)
+        losses.critic_gradient_penalty(critic, real, fake, **kwargs)
 
 
 def test_gan_losses_against_their_formulas():
@@ -178,8 +178,8 @@ def test_lazy_penalty_matches_the_gained_penalty():
     lazy = losses.LazyRegularization(every=4)
     critic = linear_critic(6)
     real = torch.randn(5, 6, dtype=torch.float64)
-    plain = torch.autograd.grad(losses.gradient_penalty(critic, real, kind="r1"), critic[1].weight)[0]
-    lazy_grad = torch.autograd.grad(lazy.gain * losses.gradient_penalty(critic, real, kind="r1"), critic[1].weight)[0]
+    plain = torch.autograd.grad(losses.critic_gradient_penalty(critic, real, kind="r1"), critic[1].weight)[0]
+    lazy_grad = torch.autograd.grad(lazy.gain * losses.critic_gradient_penalty(critic, real, kind="r1"), critic[1].weight)[0]
     torch.testing.assert_close(lazy_grad, 4 * plain)
 
 

@@ -12,6 +12,13 @@ from conftest import DEVICES, requires_cuda, requires_ext
 from genfast.ops import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
 
 
+@pytest.fixture(autouse=True)
+def no_tf32_reference(monkeypatch):
+    # On Ampere and later GPUs cuDNN would run the reference's float32 convolutions
+    # in TF32 (10-bit mantissa), far outside the float32 tolerances below.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 def random_case(seed, device, dtype=torch.float64):
     """A random layer: kernel, mask, colour groups, dilation, bias, batch and image."""
     rng = random.Random(seed)
@@ -197,7 +204,7 @@ def test_kernel_mask_equals_table(device, mask_type, color_groups):
     w = torch.randn(9, 6, 5, 5, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, impl="ext", algorithm="live_tap")
     (grad,) = torch.autograd.grad(out.square().sum(), w)
-    expected = masked_conv2d_mask(9, 6, 5, mask_type, color_groups, dtype=torch.float64, device=device)
+    expected = masked_conv2d_mask(6, 9, 5, mask_type, color_groups, dtype=torch.float64, device=device)
     assert torch.equal((grad != 0).to(torch.float64), expected)
 
 
@@ -294,6 +301,112 @@ def test_huge_sizes_rejected():
 def test_reference_is_masked_conv2d():
     # The reference is F.conv2d with the masked weight and 'same' padding.
     x, w = _ok_args()
-    mask = masked_conv2d_mask(6, 3, 3, "A")
+    mask = masked_conv2d_mask(3, 6, 3, "A")
     torch.testing.assert_close(masked_conv2d(x, w, mask_type="A", impl="reference"),
                                F.conv2d(x, w * mask, padding=1))
+
+
+# Dilation: tap offsets (kernel // 2) * dilation must fit the kernels' 32-bit pixel
+# coordinates; beyond 2**24 the op refuses (dilation 2**32 + 1 used to wrap to an
+# offset of one pixel and read real pixels where the true tap is padding).
+@pytest.mark.parametrize("impl", ["reference", pytest.param("ext", marks=requires_ext)])
+@pytest.mark.parametrize("dilation", [2**24 + 1, 2**32 + 1, (1, 2**31)])
+def test_huge_dilation_rejected(impl, dilation):
+    x, w = _ok_args()
+    with pytest.raises(ValueError, match=r"dilation must be between 1 and 2\*\*24 \(16777216\)"):
+        masked_conv2d(x, w, dilation=dilation, impl=impl)
+
+
+@requires_ext
+@pytest.mark.parametrize("dilation", [[2**24 + 1, 1], [1, 2**32 + 1]])
+def test_huge_dilation_rejected_by_the_kernel(dilation):
+    # Direct op calls (as from C++): a ValueError naming `dilation` and the limit.
+    x, w = _ok_args()
+    gy = torch.randn(x.shape[0], w.shape[0], *x.shape[2:])
+    match = r"dilation must be at most 16777216 \(2\^24\)"
+    with pytest.raises(ValueError, match="masked_conv2d: " + match):
+        torch.ops.genfast.masked_conv2d(x, w, None, dilation, "B", 1)
+    with pytest.raises(ValueError, match="masked_conv2d_grad_input: " + match):
+        torch.ops.genfast.masked_conv2d_grad_input(gy, w, dilation, "B", 1)
+    with pytest.raises(ValueError, match="masked_conv2d_grad_weight: " + match):
+        torch.ops.genfast.masked_conv2d_grad_weight(gy, x, [3, 3], dilation, "B", 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_largest_dilation_sees_only_the_centre(device):
+    # Dilation 2**24 is accepted; every tap but the centre then lies in the padding,
+    # as with a dilation just larger than the image (a reference cheap to compute).
+    x, w, b, kwargs = random_case(600, device)
+    kwargs.update(mask_type="B", dilation=2**24)
+    out = masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
+    ref = masked_conv2d_reference(x, w, b, **{**kwargs, "dilation": tuple(x.shape[2:])})
+    torch.testing.assert_close(out, ref, **TOLERANCES[torch.float64])
+    for got, want in zip(grads(out, (x, w, b), 0), grads(ref, (x, w, b), 0)):
+        torch.testing.assert_close(got, want, **TOLERANCES[torch.float64])
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_graph_capture_forward_backward():
+    # Forward and both gradients captured in one CUDA graph: nothing in the ops may
+    # copy from the host or synchronise (the centre-tap mask used to be a host
+    # tensor copied per call), and replays must follow new values in the inputs.
+    gen = torch.Generator().manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64).cuda()
+    x, w, b = make(2, 6, 9, 11).requires_grad_(), make(12, 6, 5, 5).requires_grad_(), make(12).requires_grad_()
+    gy = make(2, 12, 9, 11)
+    kwargs = dict(mask_type="A", color_groups=3, dilation=(1, 2))
+
+    def step():
+        out = masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
+        return (out, *torch.autograd.grad(out, (x, w, b), gy))
+
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        eager = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = masked_conv2d_reference(x, w, b, **kwargs)
+    expected = (ref, *torch.autograd.grad(ref, (x, w, b), gy))
+    for got, want in zip(eager, expected):
+        torch.testing.assert_close(got, want, **TOLERANCES[torch.float64])
+
+    side = torch.cuda.Stream()  # warm-up on a side stream, as capture requires
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for round_ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = step()
+        for got, want in zip(captured, eager):
+            torch.testing.assert_close(got, want, **TOLERANCES[torch.float64])
+        with torch.no_grad():  # new values in the captured buffers
+            x.copy_(make(*x.shape))
+            w.mul_(-0.5)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_more_than_65535_row_tiles():
+    # 64 * 65536 + 64 output channels on a 1x1 image: 65537 tiles of 64 rows, more
+    # than a CUDA grid's y dimension holds (the row tiles used to be grid y). With
+    # a 3x3 kernel every tap but the centre lies in the padding, so out = W[:, :, 1, 1] x.
+    cout, cin = 64 * 65536 + 64, 2
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, cin, 1, 1, dtype=torch.float64, generator=gen).cuda()
+    w = torch.randn(cout, cin, 3, 3, dtype=torch.float64, generator=gen).cuda().requires_grad_()
+    b = torch.randn(cout, dtype=torch.float64, generator=gen).cuda()
+    out = masked_conv2d(x, w, b, mask_type="B", impl="ext", algorithm="live_tap")
+    centre = w.detach()[:, :, 1, 1]
+    torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0] @ centre.T + b, rtol=1e-12, atol=1e-12)
+    gy = torch.randn(out.shape, dtype=torch.float64, generator=gen).cuda()
+    (gw,) = torch.autograd.grad(out, w, gy)  # the grad-weight kernel: 65537 x 1 tiles
+    want = torch.zeros_like(gw)
+    want[:, :, 1, 1] = gy[:, :, 0, 0].T @ x[:, :, 0, 0]
+    torch.testing.assert_close(gw, want, rtol=1e-12, atol=1e-12)

@@ -16,7 +16,7 @@ def input_gradients(model, height, width, images=4, seed=0):
     batch holds a copy of each image per output sub-pixel, and each copy's loss is
     that sub-pixel's logits."""
     gen = torch.Generator().manual_seed(seed)
-    c = model.channels
+    c = model.image_channels
     positions = height * width * c
     x = torch.randint(0, model.levels, (images, c, height, width), generator=gen)
     x = x.repeat_interleave(positions, 0)
@@ -40,7 +40,7 @@ def raster_order(height, width, channels):
 def test_receptive_field_is_the_whole_causal_past(impl, channels, embedding_dim):
     # 3 layers of kernel 3 reach 4 rows up and 3 columns sideways: all of a 4x4 image.
     torch.manual_seed(0)
-    model = GatedPixelCNN(channels=channels, levels=7, hidden=24, num_layers=3, kernel_size=3,
+    model = GatedPixelCNN(image_channels=channels, levels=7, hidden_channels=24, num_layers=3, kernel_size=3,
                           embedding_dim=embedding_dim, impl=impl).double()
     h, w = 4, 4
     grads = input_gradients(model, h, w)
@@ -58,7 +58,7 @@ def test_receptive_field_is_the_whole_causal_past(impl, channels, embedding_dim)
 def test_receptive_field_grows_by_half_a_kernel_per_layer(impl):
     # After L layers of kernel k the output sees rows i-1-L*p..i-1 and columns j-L*p..j+L*p.
     torch.manual_seed(1)
-    model = GatedPixelCNN(levels=5, hidden=8, num_layers=2, kernel_size=3, impl=impl).double()
+    model = GatedPixelCNN(levels=5, hidden_channels=8, num_layers=2, kernel_size=3, impl=impl).double()
     h, w = 9, 11
     g = input_gradients(model, h, w)[6, 5, 0, :, :, 0]
     seen = g > 0
@@ -70,7 +70,7 @@ def test_receptive_field_grows_by_half_a_kernel_per_layer(impl):
 
 def test_conditioning_changes_the_logits_everywhere():
     torch.manual_seed(2)
-    model = GatedPixelCNN(levels=5, hidden=6, num_layers=2, kernel_size=3, num_classes=4,
+    model = GatedPixelCNN(levels=5, hidden_channels=6, num_layers=2, kernel_size=3, num_classes=4,
                           cond_channels=2)
     x = torch.randint(0, 5, (2, 1, 4, 6))
     cond = torch.randn(2, 2, 4, 6)
@@ -86,7 +86,7 @@ def test_spatial_conditioning_is_per_position():
     # The map enters through 1x1 convolutions: logits at (i, j) see the map at (i, j)
     # itself and, through the stacks, the map at earlier positions only.
     torch.manual_seed(3)
-    model = GatedPixelCNN(levels=5, hidden=6, num_layers=2, kernel_size=3, cond_channels=3).double()
+    model = GatedPixelCNN(levels=5, hidden_channels=6, num_layers=2, kernel_size=3, cond_channels=3).double()
     x = torch.randint(0, 5, (1, 1, 5, 5))
     cond = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     logits = model(x, None, cond)
@@ -111,7 +111,7 @@ def test_gate_pairs_channels_within_colour_groups():
 @pytest.mark.parametrize("model_cls", [GatedPixelCNN, PixelCNN])
 def test_config_rebuilds_the_model(model_cls):
     torch.manual_seed(4)
-    model = model_cls(channels=3, levels=6, hidden=9, num_classes=3, image_size=(5, 7))
+    model = model_cls(image_channels=3, levels=6, hidden_channels=9, num_classes=3, image_size=(5, 7))
     clone = model_cls(**model.config)
     clone.load_state_dict(model.state_dict())
     x = torch.randint(0, 6, (2, 3, 5, 7))
@@ -123,7 +123,7 @@ def test_config_rebuilds_the_model(model_cls):
 @requires_ext
 def test_ext_matches_reference():
     torch.manual_seed(5)
-    model = GatedPixelCNN(channels=3, levels=8, hidden=12, num_layers=3, kernel_size=5,
+    model = GatedPixelCNN(image_channels=3, levels=8, hidden_channels=12, num_layers=3, kernel_size=5,
                           num_classes=4).double()
     x = torch.randint(0, 8, (3, 3, 7, 6))
     labels = torch.tensor([0, 3, 1])
@@ -133,7 +133,7 @@ def test_ext_matches_reference():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(hidden=8, channels=3), "hidden must be a positive multiple of channels"),
+    (dict(hidden_channels=8, image_channels=3), "hidden_channels must be a positive multiple of image_channels"),
     (dict(kernel_size=4), "kernel_size must be odd"),
     (dict(kernel_size=1), "kernel_size must be odd"),
     (dict(num_layers=0), "num_layers must be a positive int"),
@@ -151,7 +151,7 @@ def test_every_parameter_is_used(model_cls):
     # DDP (without find_unused_parameters) needs a gradient for every parameter.
     torch.manual_seed(6)
     extra = dict(cond_channels=2) if model_cls is GatedPixelCNN else {}
-    model = model_cls(channels=3, levels=4, hidden=6, num_classes=2, embedding_dim=3, **extra)
+    model = model_cls(image_channels=3, levels=4, hidden_channels=6, num_classes=2, embedding_dim=3, **extra)
     x = torch.randint(0, 4, (2, 3, 5, 5))
     cond = torch.randn(2, 2, 5, 5) if extra else None
     model.loss(x, torch.tensor([0, 1]), cond).backward()

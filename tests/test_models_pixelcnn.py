@@ -12,7 +12,7 @@ from genfast.models import PixelCNN
 @pytest.mark.parametrize("channels", [1, 3])
 def test_never_sees_a_later_sub_pixel(impl, channels):
     torch.manual_seed(0)
-    model = PixelCNN(channels=channels, levels=6, hidden=6, num_blocks=2, input_kernel=3,
+    model = PixelCNN(image_channels=channels, levels=6, hidden_channels=6, num_blocks=2, input_kernel_size=3,
                      impl=impl).double()
     h, w = 5, 6
     grads = input_gradients(model, h, w)
@@ -35,7 +35,7 @@ def test_the_blind_spot(impl):
     # row i-1 only up to column j + k//2 and row i-r up to column j + k//2 + r - 1, however
     # deep the network; the pixels to the right of that are in its past but unseen.
     torch.manual_seed(1)
-    model = PixelCNN(levels=6, hidden=6, num_blocks=4, input_kernel=3, impl=impl).double()
+    model = PixelCNN(levels=6, hidden_channels=6, num_blocks=4, input_kernel_size=3, impl=impl).double()
     h, w = 6, 9
     i, j = 5, 2
     seen = input_gradients(model, h, w)[i, j, 0, :, :, 0] > 0
@@ -48,7 +48,7 @@ def test_the_blind_spot(impl):
 
 def test_class_conditioning():
     torch.manual_seed(2)
-    model = PixelCNN(levels=5, hidden=6, num_blocks=1, num_classes=3)
+    model = PixelCNN(levels=5, hidden_channels=6, num_blocks=1, num_classes=3)
     x = torch.randint(0, 5, (2, 1, 4, 4))
     a = model(x, torch.tensor([0, 1]))
     b = model(x, torch.tensor([2, 1]))
@@ -58,7 +58,7 @@ def test_class_conditioning():
 @requires_ext
 def test_ext_matches_reference():
     torch.manual_seed(3)
-    model = PixelCNN(channels=3, levels=8, hidden=12, num_blocks=2).double()
+    model = PixelCNN(image_channels=3, levels=8, hidden_channels=12, num_blocks=2).double()
     x = torch.randint(0, 8, (2, 3, 9, 7))
     got = model.set_impl("ext")(x)
     want = model.set_impl("reference")(x)

@@ -10,12 +10,12 @@ from genfast.metrics import bits_per_dim
 from genfast.models import GatedPixelCNN, PixelCNN, inverse_cdf, sampling_uniforms
 
 MODELS = {
-    "gated-grey": lambda: GatedPixelCNN(levels=6, hidden=6, num_layers=2, kernel_size=3,
+    "gated-grey": lambda: GatedPixelCNN(levels=6, hidden_channels=6, num_layers=2, kernel_size=3,
                                         num_classes=3, image_size=(4, 5)),
-    "gated-rgb": lambda: GatedPixelCNN(channels=3, levels=5, hidden=6, num_layers=2,
+    "gated-rgb": lambda: GatedPixelCNN(image_channels=3, levels=5, hidden_channels=6, num_layers=2,
                                        kernel_size=3, num_classes=3, image_size=(3, 4)),
-    "pixelcnn-rgb": lambda: PixelCNN(channels=3, levels=5, hidden=6, num_blocks=1,
-                                     input_kernel=3, num_classes=3, image_size=(3, 4)),
+    "pixelcnn-rgb": lambda: PixelCNN(image_channels=3, levels=5, hidden_channels=6, num_blocks=1,
+                                     input_kernel_size=3, num_classes=3, image_size=(3, 4)),
 }
 
 
@@ -30,13 +30,13 @@ def make(name, seed=0):
 def full_forward_sample(model, n, labels, u, prefix=None, known=None, temperature=1.0):
     """The textbook sampler: the whole image through the network for every sub-pixel."""
     h, w = model.image_size
-    x = torch.zeros(n, model.channels, h, w, dtype=torch.long)
+    x = torch.zeros(n, model.image_channels, h, w, dtype=torch.long)
     if prefix is not None:
         x[:, :, :prefix.shape[2]] = torch.where(known, prefix, 0)
     with torch.no_grad():
         for i in range(h):
             for j in range(w):
-                for c in range(model.channels):
+                for c in range(model.image_channels):
                     value = inverse_cdf(model(x, labels)[:, :, c, i, j], u[i, j, c], temperature)
                     if prefix is not None and i < prefix.shape[2]:
                         value = torch.where(known[:, c, i, j], x[:, c, i, j], value)
@@ -48,7 +48,7 @@ def full_forward_sample(model, n, labels, u, prefix=None, known=None, temperatur
 def test_loss_is_the_hand_computed_cross_entropy(name):
     model = make(name)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randint(0, model.levels, (3, model.channels, *model.image_size), generator=gen)
+    x = torch.randint(0, model.levels, (3, model.image_channels, *model.image_size), generator=gen)
     labels = torch.tensor([0, 2, 1])
     with torch.no_grad():
         logits = model(x, labels)
@@ -71,9 +71,9 @@ def test_sampling_is_the_full_forward_sampler(name, method):
     n = 4
     labels = torch.tensor([0, 1, 2, 0])
     samples = model.sample(n, labels=labels, generator=torch.Generator().manual_seed(7), method=method)
-    u = sampling_uniforms(n, model.channels, *model.image_size, torch.Generator().manual_seed(7))
+    u = sampling_uniforms(n, model.image_channels, *model.image_size, torch.Generator().manual_seed(7))
     assert torch.equal(samples, full_forward_sample(model, n, labels, u))
-    assert samples.dtype == torch.long and samples.shape == (n, model.channels, *model.image_size)
+    assert samples.dtype == torch.long and samples.shape == (n, model.image_channels, *model.image_size)
     assert samples.min() >= 0 and samples.max() < model.levels
 
 
@@ -171,7 +171,7 @@ def test_sampling_uniforms_are_one_documented_draw():
 @pytest.mark.parametrize("name", ["gated-grey", "pixelcnn-rgb"])
 def test_bad_input_to_the_likelihood(name):
     model = make(name)
-    c, (h, w) = model.channels, model.image_size
+    c, (h, w) = model.image_channels, model.image_size
     x = torch.randint(0, model.levels, (2, c, h, w))
     labels = torch.tensor([0, 1])
     with pytest.raises(ValueError, match=r"values must lie in \[0, 5\)|values must lie in \[0, 6\)"):
@@ -192,12 +192,12 @@ def test_bad_input_to_the_likelihood(name):
         model.loss(x)
     with pytest.raises(ValueError, match="must not be empty"):
         model.loss(x[:0], labels[:0])
-    unconditional = GatedPixelCNN(levels=4, hidden=4, num_layers=1, kernel_size=3)
+    unconditional = GatedPixelCNN(levels=4, hidden_channels=4, num_layers=1, kernel_size=3)
     with pytest.raises(ValueError, match="unconditional"):
         unconditional.loss(torch.zeros(1, 1, 3, 3, dtype=torch.long), torch.tensor([0]))
     with pytest.raises(ValueError, match="cond_channels=0"):
         unconditional.loss(torch.zeros(1, 1, 3, 3, dtype=torch.long), cond=torch.zeros(1, 1, 3, 3))
-    spatial = GatedPixelCNN(levels=4, hidden=4, num_layers=1, kernel_size=3, cond_channels=2)
+    spatial = GatedPixelCNN(levels=4, hidden_channels=4, num_layers=1, kernel_size=3, cond_channels=2)
     with pytest.raises(ValueError, match=r"cond must be shaped \(1, 2, 3, 3\)"):
         spatial.loss(torch.zeros(1, 1, 3, 3, dtype=torch.long), cond=torch.zeros(1, 2, 3, 4))
     with pytest.raises(TypeError, match="cond must be a float tensor"):
@@ -255,7 +255,7 @@ def test_on_device_with_the_compiled_kernels(device, name, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions
     model = make(name)
     n, (h, w) = 3, model.image_size
-    x = torch.randint(0, model.levels, (n, model.channels, h, w))
+    x = torch.randint(0, model.levels, (n, model.image_channels, h, w))
     labels = torch.tensor([0, 2, 1])
     want = model.double().set_impl("reference")(x, labels)
     model.float().set_impl("ext").to(device)

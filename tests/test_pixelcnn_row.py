@@ -19,8 +19,8 @@ def random_model(seed, dtype=torch.float64):
     """A random small PixelCNN with sharpened output distributions, and a sampling case."""
     rng = random.Random(seed)
     channels = rng.choice([1, 3])
-    model = PixelCNN(channels=channels, levels=rng.randint(2, 12), hidden=channels * rng.randint(1, 4),
-                     num_blocks=rng.randint(0, 3), input_kernel=rng.choice([3, 5, 7]),
+    model = PixelCNN(image_channels=channels, levels=rng.randint(2, 12), hidden_channels=channels * rng.randint(1, 4),
+                     num_blocks=rng.randint(0, 3), input_kernel_size=rng.choice([3, 5, 7]),
                      num_classes=rng.choice([None, 3]), embedding_dim=rng.choice([None, rng.randint(1, 3)]),
                      image_size=(rng.randint(1, 6), rng.randint(1, 7)))
     torch.manual_seed(seed)
@@ -83,8 +83,8 @@ def test_cached_ext_equals_naive(device, seed):
 def test_the_random_cases_cover_the_architectures():
     cases = [random_model(seed) for seed in SEEDS]
     models = [m for m, _ in cases]
-    assert {m.channels for m in models} == {1, 3}
-    assert {m.input_kernel for m in models} == {3, 5, 7}
+    assert {m.image_channels for m in models} == {1, 3}
+    assert {m.input_kernel_size for m in models} == {3, 5, 7}
     assert {m.num_blocks for m in models} == {0, 1, 2, 3}
     assert {m.embedding_dim is None for m in models} == {True, False}
     assert {m.num_classes is None for m in models} == {True, False}
@@ -113,7 +113,7 @@ def test_float32_logits_equal_the_full_forward(device, channels, embedding, monk
     # full forward's logits there.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(channels)
-    model = PixelCNN(channels=channels, levels=11, hidden=6 * channels, num_blocks=3, input_kernel=5,
+    model = PixelCNN(image_channels=channels, levels=11, hidden_channels=6 * channels, num_blocks=3, input_kernel_size=5,
                      num_classes=4, embedding_dim=embedding, image_size=(6, 7)).to(device)
     n = 5
     x = torch.randint(0, 11, (n, channels, 6, 7), device=device)
@@ -133,7 +133,7 @@ def test_cache_memory_is_independent_of_the_height(impl, monkeypatch):
     shapes = {}
     for height in (3, 9):
         calls = recorded_rows(monkeypatch)
-        model = PixelCNN(channels=3, levels=4, hidden=6, num_blocks=2, input_kernel=5,
+        model = PixelCNN(image_channels=3, levels=4, hidden_channels=6, num_blocks=2, input_kernel_size=5,
                          image_size=(height, 5))
         model.sample(2, impl=impl)
         assert len(calls) == height
@@ -249,7 +249,7 @@ def test_non_finite_logits(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_sampler_names_the_first_non_finite_sub_pixel(impl):
     torch.manual_seed(0)
-    model = PixelCNN(channels=3, levels=5, hidden=6, num_blocks=1, input_kernel=3, image_size=(3, 4))
+    model = PixelCNN(image_channels=3, levels=5, hidden_channels=6, num_blocks=1, input_kernel_size=3, image_size=(3, 4))
     with torch.no_grad():
         model.output_conv.bias[5:10] = float("nan")  # colour 1
     with pytest.raises(RuntimeError, match="non-finite logits at row 0, column 0, colour 1"):

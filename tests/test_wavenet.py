@@ -24,7 +24,7 @@ def random_model(seed, dtype=torch.float64, device="cpu"):
                     head_channels=rng.randint(2, 12), kernel_size=rng.choice([2, 3]),
                     dilations=[rng.choice([1, 2, 4]) for _ in range(rng.randint(1, 5))],
                     input_kernel_size=rng.randint(1, 3), num_classes=3 if conditional else None,
-                    cond_channels=rng.randint(1, 5) if conditional else None)
+                    class_embedding_dim=rng.randint(1, 5) if conditional else None)
     with torch.no_grad():  # sharper distributions than the default initialisation
         for p in model.parameters():
             p.mul_(2.0)
@@ -222,6 +222,6 @@ def test_bad_model_inputs():
         model.loss(x, torch.tensor([0, 1]), unit="dB")
     for kwargs, match in [(dict(gate_channels=3), "even"), (dict(dilations=[]), "dilations"),
                           (dict(dilations=[1, 0]), "dilation"), (dict(kernel_size=0), "kernel_size"),
-                          (dict(cond_channels=4), "without num_classes"), (dict(levels=1), "levels")]:
+                          (dict(class_embedding_dim=4), "without num_classes"), (dict(levels=1), "levels")]:
         with pytest.raises(ValueError, match=match):
             WaveNet(**kwargs)

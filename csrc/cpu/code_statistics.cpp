@@ -1,6 +1,7 @@
 // code_statistics on the CPU: a stable counting sort of the rows by code, then
-// each code's rows summed in their original order (parallel over codes), so the
-// result does not depend on the number of threads.
+// each code's rows summed in their original order, piece by piece as
+// csrc/code_statistics.h defines (parallel over codes), so the result does not
+// depend on the number of threads and equals the CUDA kernel's.
 #include <algorithm>
 #include <tuple>
 #include <type_traits>
@@ -51,12 +52,17 @@ std::tuple<at::Tensor, at::Tensor> code_statistics_cpu(const at::Tensor& x_in,
     // Threads only for enough work (~2^18 additions) to pay for waking them.
     const int64_t grain = n * dim < (int64_t(1) << 18) ? num_codes : 16;
     at::parallel_for(0, num_codes, grain, [&](int64_t begin, int64_t end) {
-      std::vector<double> acc(dim);
+      std::vector<double> acc(dim), piece(dim);
       for (int64_t k = begin; k < end; ++k) {
         std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t j = start[k]; j < start[k + 1]; ++j) {
-          const scalar_t* row = rows + order[j] * dim;
-          for (int64_t d = 0; d < dim; ++d) acc[d] += static_cast<double>(row[d]);
+        for (int64_t j = start[k]; j < start[k + 1];) {
+          const int64_t piece_end = std::min(start[k + 1], (j / kSumPieceRows + 1) * kSumPieceRows);
+          std::fill(piece.begin(), piece.end(), 0.0);
+          for (; j < piece_end; ++j) {
+            const scalar_t* row = rows + order[j] * dim;
+            for (int64_t d = 0; d < dim; ++d) piece[d] += static_cast<double>(row[d]);
+          }
+          for (int64_t d = 0; d < dim; ++d) acc[d] += piece[d];
         }
         for (int64_t d = 0; d < dim; ++d) out[k * dim + d] = static_cast<sum_t>(acc[d]);
       }

@@ -1,4 +1,4 @@
-// nearest_code on CUDA, in three kernels and without any N x K buffer:
+// nearest_code on CUDA, in three steps and without any N x K buffer:
 //  1. prepare_rows (once for the codebook, once for x): each row's scale (1, or its
 //     reciprocal norm in cosine mode) and norm in float64, and the first row holding
 //     NaN or infinity, checked on the host before the search;
@@ -6,9 +6,11 @@
 //     shared memory (float32 from float32, float16 or bfloat16, float32 fused
 //     multiply-adds); each thread keeps its 4 rows' best and second-best score
 //     over its 4 codes of each tile, and the 16 threads sharing rows merge them in
-//     a fixed order. A row whose winner the error bound cannot prove is marked;
-//  3. finish: one warp per row resolves marked rows exactly (csrc/nearest_code.h)
-//     and computes the exact float64 distance of the winner.
+//     a fixed order. A row whose winner the error bound cannot prove is marked and
+//     appended to a list;
+//  3. finish: one thread per certain row computes the exact float64 distance of its
+//     winner, and one warp per listed row resolves it exactly (csrc/nearest_code.h)
+//     and computes its winner's distance.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -102,9 +104,12 @@ __global__ void __launch_bounds__(kThreads)
                   const double* __restrict__ code_scale, const float* __restrict__ code_sq_norm,
                   const double* __restrict__ max_code_norm, int64_t k, int64_t dim, bool cosine,
                   int64_t* __restrict__ index_out, float* __restrict__ best_out,
-                  bool* __restrict__ uncertain_out) {
-  __shared__ float xs[kStep][kRows];
-  __shared__ float es[kStep][kCodes];
+                  bool* __restrict__ uncertain_out, int64_t* __restrict__ uncertain_rows,
+                  unsigned long long* __restrict__ uncertain_count) {
+  // +2: the stores walk the features fastest (16 lanes per row, two rows per warp);
+  // a row stride of 66 words puts the 32 lanes on 32 distinct banks.
+  __shared__ float xs[kStep][kRows + 2];
+  __shared__ float es[kStep][kCodes + 2];
   __shared__ float merge_best_s[kRows][16 + 1];
   __shared__ float merge_second_s[kRows][16 + 1];
   __shared__ int merge_index_s[kRows][16 + 1];
@@ -142,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int i = 0; i < 4; ++i) a[i] = xs[dd][tr * 4 + i];
 #pragma unroll
-          for (int j = 0; j < 4; ++j) b[j] = es[dd][tc * 4 + j];
+          for (int j = 0; j < 4; ++j) b[j] = es[dd][tc + 16 * j];  // 16 consecutive words
 #pragma unroll
           for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -153,7 +158,7 @@ __global__ void __launch_bounds__(kThreads)
       // Codes in increasing order, so strict < keeps the lowest index of equal scores.
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const int64_t code = c0 + tc * 4 + j;
+        const int64_t code = c0 + tc + 16 * j;
         if (code >= k) continue;
         const float sq = code_sq_norm[code];
 #pragma unroll
@@ -184,71 +189,96 @@ __global__ void __launch_bounds__(kThreads)
         merge_best(b, s, idx, merge_best_s[tid][t], merge_second_s[tid][t], merge_index_s[tid][t]);
       }
       const double tolerance = filter_tolerance(x_norm[row], *max_code_norm, dim, kFloatFilter);
+      const bool uncertain = !filter_is_certain(b, s, tolerance);
       index_out[row] = idx;
       best_out[row] = b;
-      uncertain_out[row] = !filter_is_certain(b, s, tolerance);
+      uncertain_out[row] = uncertain;
+      // The list's order varies from run to run; each row's result does not.
+      if (uncertain) uncertain_rows[atomicAdd(uncertain_count, 1ull)] = row;
     }
     __syncthreads();
   }
 }
 
-// One warp per row: resolves an uncertain row exactly (every code whose filter
+// One thread per certain row (the filter's winner is exact): its exact distance.
+// Each lane walks its own row; the sum's order is fixed by csrc/nearest_code.h.
+template <typename scalar_t>
+__global__ void certain_distance_kernel(const scalar_t* __restrict__ x,
+                                        const double* __restrict__ x_scale, int64_t n,
+                                        const scalar_t* __restrict__ codes,
+                                        const double* __restrict__ code_scale, int64_t dim,
+                                        const bool* __restrict__ uncertain,
+                                        const int64_t* __restrict__ indices,
+                                        float* __restrict__ sq_dist) {
+  for (int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; row < n;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    if (uncertain[row]) continue;
+    const int64_t code = indices[row];
+    sq_dist[row] = static_cast<float>(
+        exact_sq_distance(x + row * dim, x_scale[row], codes + code * dim, code_scale[code], dim));
+  }
+}
+
+// One warp per listed (uncertain) row: resolves it exactly (every code whose filter
 // score is within 2 tau of the best is a candidate; the lowest index of the
 // smallest d64 wins), then writes the exact distance of the winner.
 template <typename scalar_t>
-__global__ void finish_kernel(const scalar_t* __restrict__ x, const double* __restrict__ x_scale,
-                              const double* __restrict__ x_norm, int64_t n,
-                              const scalar_t* __restrict__ codes,
-                              const double* __restrict__ code_scale,
-                              const float* __restrict__ code_sq_norm,
-                              const double* __restrict__ max_code_norm, int64_t k, int64_t dim,
-                              bool cosine, const float* __restrict__ best,
-                              const bool* __restrict__ uncertain, int64_t* __restrict__ indices,
-                              float* __restrict__ sq_dist) {
+__global__ void resolve_kernel(const scalar_t* __restrict__ x, const double* __restrict__ x_scale,
+                               const double* __restrict__ x_norm,
+                               const scalar_t* __restrict__ codes,
+                               const double* __restrict__ code_scale,
+                               const float* __restrict__ code_sq_norm,
+                               const double* __restrict__ max_code_norm, int64_t k, int64_t dim,
+                               bool cosine, const float* __restrict__ best,
+                               const int64_t* __restrict__ uncertain_rows,
+                               const unsigned long long* __restrict__ uncertain_count,
+                               int64_t* __restrict__ indices, float* __restrict__ sq_dist) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; row < n;
-       row += warps) {
+  const int64_t listed = static_cast<int64_t>(*uncertain_count);
+  for (int64_t item = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; item < listed;
+       item += warps) {
+    const int64_t row = uncertain_rows[item];
     const scalar_t* x_row = x + row * dim;
     const double xs = x_scale[row];
     int64_t chosen = indices[row];
-    if (uncertain[row]) {  // the same for the whole warp
-      const double tolerance = filter_tolerance(x_norm[row], *max_code_norm, dim, kFloatFilter);
-      const double threshold = static_cast<double>(best[row]) + 2.0 * tolerance;
-      const bool every_code = !isfinite(threshold);
-      double lane_best = INFINITY;
-      int64_t lane_code = -1;
-      for (int64_t code = lane; code < k; code += 32) {
-        const scalar_t* e = codes + code * dim;
-        const double cs = code_scale[code];
-        float acc = 0.f;
-        for (int64_t d = 0; d < dim; ++d) {
-          acc = fmaf(filter_value(x_row[d], xs, cosine), filter_value(e[d], cs, cosine), acc);
-        }
-        const double score = static_cast<double>(fmaf(-2.f, acc, code_sq_norm[code]));
-        if (!every_code && score > threshold) continue;
-        const double dist = exact_sq_distance(x_row, xs, e, cs, dim);
-        if (lane_code < 0 || dist < lane_best) {
-          lane_best = dist;
-          lane_code = code;
-        }
+    const double tolerance = filter_tolerance(x_norm[row], *max_code_norm, dim, kFloatFilter);
+    const double threshold = static_cast<double>(best[row]) + 2.0 * tolerance;
+    const bool every_code = !isfinite(threshold);
+    double lane_best = INFINITY;
+    int64_t lane_code = -1;
+    for (int64_t code = lane; code < k; code += 32) {
+      const scalar_t* e = codes + code * dim;
+      const double cs = code_scale[code];
+      float acc = 0.f;
+      for (int64_t d = 0; d < dim; ++d) {
+        acc = fmaf(filter_value(x_row[d], xs, cosine), filter_value(e[d], cs, cosine), acc);
       }
-      for (int offset = 16; offset > 0; offset /= 2) {
-        const double other_best = __shfl_down_sync(0xffffffffu, lane_best, offset);
-        const long long other_code = __shfl_down_sync(0xffffffffu, static_cast<long long>(lane_code), offset);
-        if (other_code >= 0 &&
-            (lane_code < 0 || other_best < lane_best || (other_best == lane_best && other_code < lane_code))) {
-          lane_best = other_best;
-          lane_code = other_code;
-        }
+      const double score = static_cast<double>(fmaf(-2.f, acc, code_sq_norm[code]));
+      if (!every_code && score > threshold) continue;
+      const double dist = exact_sq_distance(x_row, xs, e, cs, dim);
+      if (lane_code < 0 || dist < lane_best) {
+        lane_best = dist;
+        lane_code = code;
       }
-      const long long winner = __shfl_sync(0xffffffffu, static_cast<long long>(lane_code), 0);
-      if (winner >= 0) chosen = winner;  // (the exact winner is always a candidate)
     }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const double other_best = __shfl_down_sync(0xffffffffu, lane_best, offset);
+      const long long other_code = __shfl_down_sync(0xffffffffu, static_cast<long long>(lane_code), offset);
+      if (other_code >= 0 &&
+          (lane_code < 0 || other_best < lane_best || (other_best == lane_best && other_code < lane_code))) {
+        lane_best = other_best;
+        lane_code = other_code;
+      }
+    }
+    // Lane 0 holds the reduction's result: the exact winner (always a candidate) and
+    // its distance, the same d64 as exact_sq_distance of the winner.
     if (lane == 0) {
+      if (lane_code >= 0) chosen = lane_code;
       indices[row] = chosen;
       sq_dist[row] = static_cast<float>(
-          exact_sq_distance(x_row, xs, codes + chosen * dim, code_scale[chosen], dim));
+          lane_code >= 0 ? lane_best
+                         : exact_sq_distance(x_row, xs, codes + chosen * dim, code_scale[chosen], dim));
     }
   }
 }
@@ -300,6 +330,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x_in,
   const auto max_code_norm = code_norm.max();
   auto best = at::empty({n}, options.dtype(at::kFloat));
   auto uncertain = at::empty({n}, options.dtype(at::kBool));
+  auto uncertain_rows = at::empty({n}, options.dtype(at::kLong));
+  auto uncertain_count = at::zeros({1}, options.dtype(at::kLong));
+  auto* listed = reinterpret_cast<unsigned long long*>(uncertain_count.mutable_data_ptr<int64_t>());
   GENFAST_DISPATCH_FILTER_TYPES(dtype, "nearest_code_cuda", [&] {
     filter_kernel<scalar_t><<<blocks_for(n, kRows), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), x_scale.const_data_ptr<double>(),
@@ -307,14 +340,22 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x_in,
         code_scale.const_data_ptr<double>(), code_sq_norm.const_data_ptr<float>(),
         max_code_norm.const_data_ptr<double>(), k, dim, cosine,
         indices.mutable_data_ptr<int64_t>(), best.mutable_data_ptr<float>(),
-        uncertain.mutable_data_ptr<bool>());
+        uncertain.mutable_data_ptr<bool>(), uncertain_rows.mutable_data_ptr<int64_t>(), listed);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    finish_kernel<scalar_t><<<blocks_for(n, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
+    certain_distance_kernel<scalar_t><<<blocks_for(n, 256), 256, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), x_scale.const_data_ptr<double>(), n,
+        codes.const_data_ptr<scalar_t>(), code_scale.const_data_ptr<double>(), dim,
+        uncertain.const_data_ptr<bool>(), indices.const_data_ptr<int64_t>(),
+        sq_dist.mutable_data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // The list's length is on the device: a bounded grid walks it (no sync).
+    const unsigned resolve_blocks = std::min<unsigned>(blocks_for(n, kWarpsPerBlock), 1024);
+    resolve_kernel<scalar_t><<<resolve_blocks, kWarpsPerBlock * 32, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), x_scale.const_data_ptr<double>(),
-        x_norm.const_data_ptr<double>(), n, codes.const_data_ptr<scalar_t>(),
+        x_norm.const_data_ptr<double>(), codes.const_data_ptr<scalar_t>(),
         code_scale.const_data_ptr<double>(), code_sq_norm.const_data_ptr<float>(),
         max_code_norm.const_data_ptr<double>(), k, dim, cosine, best.const_data_ptr<float>(),
-        uncertain.const_data_ptr<bool>(), indices.mutable_data_ptr<int64_t>(),
+        uncertain_rows.const_data_ptr<int64_t>(), listed, indices.mutable_data_ptr<int64_t>(),
         sq_dist.mutable_data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

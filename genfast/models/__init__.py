@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from genfast.models.base import AutoregressiveImageModel, nll
+from genfast.models._compat import upgrade_config
+from genfast.models.autoregressive_image import AutoregressiveImageModel, nll
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
 from genfast.models.pixelcnn import PixelCNN
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
@@ -26,16 +27,25 @@ def model_name(model: AutoregressiveImageModel) -> str:
 
 
 def build_model(name: str, config: dict) -> AutoregressiveImageModel:
+    """MODELS[name](**config); a config of a checkpoint written before the arguments'
+    rename (docs/vocabulary.md) is upgraded to today's names."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[name](**config)
+    return MODELS[name](**upgrade_config(MODELS[name].__name__, config))
 
 
 def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
-    """The model of a genfast.train checkpoint, with its trained weights, in eval mode."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    model = build_model(state["model_name"], state["model_config"])
-    model.load_state_dict(state["model"])
+    """The model of a genfast.train checkpoint, with its trained weights, in eval mode.
+    A missing file raises FileNotFoundError; an unusable one (corrupt, truncated, of
+    another kind, weights that do not fit) a one-line
+    genfast.training.checkpoint.CheckpointError (a ValueError) naming the file."""
+    from genfast.training.checkpoint import load_checkpoint, restoring
+
+    state = load_checkpoint(path, kind="image-model", map_location=map_location,
+                            required=("model_name", "model_config", "model"))
+    with restoring(path):
+        model = build_model(state["model_name"], state["model_config"])
+        model.load_state_dict(state["model"])
     return model.eval()
 
 

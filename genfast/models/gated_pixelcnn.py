@@ -42,18 +42,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.base import AutoregressiveImageModel, masked_weight, pointwise, run_masked
+from genfast.models._compat import renamed_keywords
+from genfast.models.autoregressive_image import AutoregressiveImageModel, masked_weight, pointwise, run_masked
 from genfast.nn import MaskedConv2d
+from genfast.ops.gated_activation import gated_activation
 from genfast.ops.gated_pixelcnn_row import GatedRowWeights, gated_pixelcnn_row
 from genfast.ops.masked_conv2d import MAX_KERNEL_SIZE
 
 
-def gate(pre: torch.Tensor, groups: int) -> torch.Tensor:
+def gate(pre: torch.Tensor, groups: int, impl: str = "auto") -> torch.Tensor:
     """tanh(a) * sigmoid(b) of a pre-activation (N, 2 * C, H, W) -> (N, C, H, W). Colour
-    group g owns the channel block g of both: a and b are its first and second half."""
-    n, c2, h, w = pre.shape
-    pre = pre.view(n, groups, 2, c2 // (2 * groups), h, w)
-    return (torch.tanh(pre[:, :, 0]) * torch.sigmoid(pre[:, :, 1])).reshape(n, c2 // 2, h, w)
+    group g owns the channel block g of the pre-activation: a and b are its first and
+    second half. One fused op (genfast.ops.gated_activation; impl="reference" is the
+    composite tanh * sigmoid)."""
+    return gated_activation(pre, groups, impl=impl)
 
 
 def shift_down(t: torch.Tensor) -> torch.Tensor:
@@ -95,25 +97,30 @@ class GatedLayer(nn.Module):
         return term
 
     def forward(self, v, h, labels=None, cond=None):
-        p = self.pad
+        p, impl = self.pad, self.horizontal_conv.impl
         v_pre = self.vertical_conv(F.pad(v, (p, p, p, 0)))
-        v_pre = v_pre + self.conditioning(self.class_vertical, self.cond_vertical, labels, cond, v_pre)
+        # Unconditional layers skip the conditioning terms (adding a 0 is a full pass).
+        if self.class_vertical is not None or self.cond_vertical is not None:
+            v_pre = v_pre + self.conditioning(self.class_vertical, self.cond_vertical, labels, cond, v_pre)
         h_pre = run_masked(self.horizontal_conv, h) + self.link(shift_down(v_pre))
-        h_pre = h_pre + self.conditioning(self.class_horizontal, self.cond_horizontal, labels, cond, h_pre)
-        gated = gate(h_pre, self.color_groups)
+        if self.class_horizontal is not None or self.cond_horizontal is not None:
+            h_pre = h_pre + self.conditioning(self.class_horizontal, self.cond_horizontal, labels, cond, h_pre)
+        gated = gate(h_pre, self.color_groups, impl)
         skip = run_masked(self.skip, gated)
         if self.last:
             return None, None, skip
         h_out = run_masked(self.horizontal_out, gated)
         if not self.first:
             h_out = h_out + h
-        return gate(v_pre, 1), h_out, skip
+        return gate(v_pre, 1, impl), h_out, skip
 
 
 class GatedPixelCNN(AutoregressiveImageModel):
-    """Gated PixelCNN over `levels` values per sub-pixel; grey (channels=1) or RGB (3).
+    """Gated PixelCNN over `levels` values per sub-pixel; grey (image_channels=1) or RGB (3).
+    Keyword arguments only (names: docs/vocabulary.md; `hidden` is a deprecated alias
+    of hidden_channels).
 
-    hidden: channels of each stack (a multiple of channels); num_layers >= 1;
+    hidden_channels: channels of each stack (a multiple of image_channels); num_layers >= 1;
     kernel_size: odd, 3..11; num_classes: class conditioning (None for none);
     cond_channels: channels of a spatial conditioning map (N, cond_channels, H, W) given
     as `cond`, at the image's resolution (0 for none); embedding_dim: learned level embeddings instead of scaled
@@ -121,23 +128,27 @@ class GatedPixelCNN(AutoregressiveImageModel):
     impl: "auto" | "ext" | "reference" for every masked layer.
     """
 
-    def __init__(self, channels: int = 1, levels: int = 256, hidden: int = 64,
+    def __init__(self, *, image_channels: int = 1, levels: int = 256, hidden_channels: int = 64,
                  num_layers: int = 8, kernel_size: int = 5, num_classes: int | None = None,
                  cond_channels: int = 0, embedding_dim: int | None = None, image_size=28,
-                 impl: str = "auto"):
-        super().__init__(channels=channels, levels=levels, num_classes=num_classes,
+                 impl: str = "auto", **deprecated):
+        if deprecated:
+            hidden_channels = renamed_keywords("GatedPixelCNN", deprecated,
+                                               {"hidden_channels": hidden_channels})["hidden_channels"]
+        channels, hidden = image_channels, hidden_channels
+        super().__init__(image_channels=channels, levels=levels, num_classes=num_classes,
                          cond_channels=cond_channels, embedding_dim=embedding_dim,
                          image_size=image_size, impl=impl)
         if not isinstance(hidden, int) or hidden < 1 or hidden % channels:
-            raise ValueError(f"GatedPixelCNN: hidden must be a positive multiple of channels "
-                             f"({channels}), got {hidden!r}")
+            raise ValueError(f"GatedPixelCNN: hidden_channels must be a positive multiple of "
+                             f"image_channels ({channels}), got {hidden!r}")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"GatedPixelCNN: num_layers must be a positive int, got {num_layers!r}")
         if (not isinstance(kernel_size, int) or kernel_size % 2 == 0
                 or not 3 <= kernel_size <= MAX_KERNEL_SIZE):
             raise ValueError(f"GatedPixelCNN: kernel_size must be odd and between 3 and "
                              f"{MAX_KERNEL_SIZE}, got {kernel_size!r}")
-        self.hidden, self.num_layers, self.kernel_size = hidden, num_layers, kernel_size
+        self.hidden_channels, self.num_layers, self.kernel_size = hidden, num_layers, kernel_size
         self.layers = nn.ModuleList(
             GatedLayer(self.input_channels if i == 0 else hidden, hidden, kernel_size, i == 0,
                        i == num_layers - 1, self.color_groups, num_classes, cond_channels, impl)
@@ -147,17 +158,18 @@ class GatedPixelCNN(AutoregressiveImageModel):
 
     @property
     def config(self) -> dict:
-        return dict(channels=self.channels, levels=self.levels, hidden=self.hidden,
+        return dict(image_channels=self.image_channels, levels=self.levels,
+                    hidden_channels=self.hidden_channels,
                     num_layers=self.num_layers, kernel_size=self.kernel_size,
                     num_classes=self.num_classes, cond_channels=self.cond_channels,
                     embedding_dim=self.embedding_dim, image_size=self.image_size, impl=self.impl)
 
     def logits(self, features, labels=None, cond=None, *, last_row_only=False):
         v = h = features
-        skips = 0
+        skips = None
         for layer in self.layers:
             v, h, skip = layer(v, h, labels, cond)
-            skips = skips + skip
+            skips = skip if skips is None else skips + skip
         if last_row_only:
             skips = skips[:, :, -1:]
         out = run_masked(self.output_hidden, torch.relu(skips))
@@ -178,7 +190,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
             return weight.permute(2, 1, 0)
 
         table = self.feature_table(dtype, device)
-        hidden = self.hidden
+        hidden = self.hidden_channels
         later = [taps(layer.horizontal_conv) for layer in self.layers[1:]]
         horizontal = (torch.stack(later) if later else
                       table.new_zeros((0, self.kernel_size // 2 + 1, hidden, 2 * hidden)))
@@ -226,7 +238,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
         constant = [c if l.class_horizontal is None else c + l.class_horizontal(labels).to(dtype)
                     for c, l in zip(constant, self.layers)]
         constant = [c.reshape(-1, 1, c.shape[-1]) for c in constant]  # (1 or n, 1, 2H)
-        row_bias = weights.feature_table.new_empty((len(self.layers), n, width, 2 * self.hidden))
+        row_bias = weights.feature_table.new_empty((len(self.layers), n, width, 2 * self.hidden_channels))
         for l in range(len(self.layers)):
             row_bias[l] = constant[l]
 
@@ -257,7 +269,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
                 link = layer.link.weight[:, :, 0, 0]
                 torch.add(v_pre[:, :, 0].transpose(1, 2) @ link.t(), constant[l], out=row_bias[l])
                 if l < len(self.layers) - 1:
-                    row_in = gate(v_pre, 1)
+                    row_in = gate(v_pre, 1, impl)
             add_spatial_conditioning(i + 1)
         # (H, n, C, W, levels) -> (n, levels, C, H, W), the layout of forward's logits.
         return torch.stack(rows).permute(1, 4, 2, 0, 3) if keep_logits else None

@@ -1,7 +1,7 @@
 """PixelCNN (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"), built from
 genfast's masked convolutions.
 
-Layers, in order (k: the input kernel size, 7 by default; R = 2 * hidden channels):
+Layers, in order (k: input_kernel_size, 7 by default; R = 2 * hidden_channels):
   input    MaskedConv2d 'A', k x k, input_channels -> R; output (i, j) sees rows i-k//2..i-1
            (columns j-k//2..j+k//2) and row i columns j-k//2..j-1, plus the earlier colours
            at (i, j).
@@ -33,33 +33,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.base import AutoregressiveImageModel, masked_weight, pointwise, run_masked
+from genfast.models._compat import renamed_keywords
+from genfast.models.autoregressive_image import AutoregressiveImageModel, masked_weight, pointwise, run_masked
 from genfast.nn import MaskedConv2d
 from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row
 
 
 class PixelCNN(AutoregressiveImageModel):
-    """PixelCNN over `levels` values per sub-pixel; grey (channels=1) or RGB (channels=3).
+    """PixelCNN over `levels` values per sub-pixel; grey (image_channels=1) or RGB (3).
+    Keyword arguments only (names: docs/vocabulary.md; `hidden` is a deprecated alias
+    of hidden_channels).
 
-    hidden: the residual blocks' inner width (a multiple of channels); num_blocks;
-    input_kernel: the odd size of the first, mask-'A' layer; num_classes: class
+    hidden_channels: the residual blocks' inner width (a multiple of image_channels;
+    the residual stream has twice as many); num_blocks: residual blocks;
+    input_kernel_size: the odd size of the first, mask-'A' layer; num_classes: class
     conditioning (None for none); embedding_dim: learned level embeddings instead of
     scaled levels at the input; image_size: the default size of `sample`;
     impl: "auto" | "ext" | "reference" for every masked layer.
     """
 
-    def __init__(self, channels: int = 1, levels: int = 256, hidden: int = 64,
-                 num_blocks: int = 6, input_kernel: int = 7, num_classes: int | None = None,
-                 embedding_dim: int | None = None, image_size=28, impl: str = "auto"):
-        super().__init__(channels=channels, levels=levels, num_classes=num_classes,
+    def __init__(self, *, image_channels: int = 1, levels: int = 256, hidden_channels: int = 64,
+                 num_blocks: int = 6, input_kernel_size: int = 7, num_classes: int | None = None,
+                 embedding_dim: int | None = None, image_size=28, impl: str = "auto", **deprecated):
+        if deprecated:
+            hidden_channels = renamed_keywords("PixelCNN", deprecated,
+                                               {"hidden_channels": hidden_channels})["hidden_channels"]
+        channels, hidden, input_kernel = image_channels, hidden_channels, input_kernel_size
+        super().__init__(image_channels=channels, levels=levels, num_classes=num_classes,
                          cond_channels=0, embedding_dim=embedding_dim, image_size=image_size,
                          impl=impl)
         if not isinstance(hidden, int) or hidden < 1 or hidden % channels:
-            raise ValueError(f"PixelCNN: hidden must be a positive multiple of channels "
-                             f"({channels}), got {hidden!r}")
+            raise ValueError(f"PixelCNN: hidden_channels must be a positive multiple of "
+                             f"image_channels ({channels}), got {hidden!r}")
         if not isinstance(num_blocks, int) or num_blocks < 0:
             raise ValueError(f"PixelCNN: num_blocks must be an int >= 0, got {num_blocks!r}")
-        self.hidden, self.num_blocks, self.input_kernel = hidden, num_blocks, input_kernel
+        self.hidden_channels, self.num_blocks, self.input_kernel_size = hidden, num_blocks, input_kernel
         groups, wide = self.color_groups, 2 * hidden
 
         def masked(cin, cout, k, mask_type="B"):
@@ -76,8 +84,9 @@ class PixelCNN(AutoregressiveImageModel):
 
     @property
     def config(self) -> dict:
-        return dict(channels=self.channels, levels=self.levels, hidden=self.hidden,
-                    num_blocks=self.num_blocks, input_kernel=self.input_kernel,
+        return dict(image_channels=self.image_channels, levels=self.levels,
+                    hidden_channels=self.hidden_channels, num_blocks=self.num_blocks,
+                    input_kernel_size=self.input_kernel_size,
                     num_classes=self.num_classes, embedding_dim=self.embedding_dim,
                     image_size=self.image_size, impl=self.impl)
 
@@ -99,7 +108,7 @@ class PixelCNN(AutoregressiveImageModel):
         """The centre-row weights of genfast.ops.pixelcnn_row (masked entries zeroed)."""
         device = torch.device(device) if device is not None else next(self.parameters()).device
         dtype = dtype or next(self.parameters()).dtype
-        p, wide, hidden = self.input_kernel // 2, 2 * self.hidden, self.hidden
+        p, wide, hidden = self.input_kernel_size // 2, 2 * self.hidden_channels, self.hidden_channels
         weight = lambda layer: masked_weight(layer, dtype, device)  # noqa: E731
         bias = lambda layer: layer.bias.detach().to(device=device, dtype=dtype)  # noqa: E731
         matrix = lambda layer: weight(layer)[:, :, 0, 0].t()  # noqa: E731 - a 1x1 as (in, out)
@@ -133,7 +142,7 @@ class PixelCNN(AutoregressiveImageModel):
         n, _, height, width = x.shape
         dtype, device = self._compute_dtype(x.device), x.device
         weights = self.pack_row_weights(dtype, device)
-        p, blocks, hidden = self.input_kernel // 2, self.num_blocks, self.hidden
+        p, blocks, hidden = self.input_kernel_size // 2, self.num_blocks, self.hidden_channels
         # The input conv's rows i-p..i-1 (columns j-p..j+p) as a matrix over unfolded
         # windows, (Cin * p * k, R).
         input_above = masked_weight(self.input_conv, dtype, device)[:, :, :p]

@@ -16,7 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genfast.models._compat import renamed_keywords
 from genfast.nn.vector_quantizer import VectorQuantizer, VQOutput
+
+
+def _image_channels(model: str, image_channels: int, options: dict) -> int:
+    """image_channels, or its deprecated alias in_channels popped from options."""
+    if "in_channels" not in options:
+        return image_channels
+    old = {"in_channels": options.pop("in_channels")}
+    return renamed_keywords(model, old, {"image_channels": image_channels}, stacklevel=4)["image_channels"]
 
 
 class ResidualBlock(nn.Module):
@@ -74,22 +83,27 @@ class VQVAEOutput(NamedTuple):
 
 class VQVAE(nn.Module):
     """One-level VQ-VAE. The codes form a (H / 2**downsample, W / 2**downsample) grid.
+    Keyword arguments only (names: docs/vocabulary.md): image_channels of the images
+    (`in_channels` is a deprecated alias); hidden_channels of the encoder and decoder;
+    block_channels, the inner width of each of their num_blocks residual blocks.
     Extra keyword arguments go to the VectorQuantizer (ema, kmeans_init, ...)."""
 
-    def __init__(self, in_channels: int = 1, channels: int = 64, res_channels: int = 32,
-                 res_blocks: int = 2, num_codes: int = 512, code_dim: int = 64, downsample: int = 2,
+    def __init__(self, *, image_channels: int = 1, hidden_channels: int = 64, block_channels: int = 32,
+                 num_blocks: int = 2, num_codes: int = 512, code_dim: int = 64, downsample: int = 2,
                  **quantizer_options):
+        in_channels = _image_channels("VQVAE", image_channels, quantizer_options)
+        channels, res_channels, res_blocks = hidden_channels, block_channels, num_blocks
         super().__init__()
         if downsample < 0:
             raise ValueError(f"VQVAE: downsample must be >= 0, got {downsample}")
-        self.in_channels, self.downsample = in_channels, downsample
+        self.image_channels, self.downsample = in_channels, downsample
         self.encoder = _encoder(in_channels, channels, res_channels, res_blocks, downsample)
         self.to_codes = nn.Conv2d(channels, code_dim, 1)
         self.quantizer = VectorQuantizer(num_codes, code_dim, **quantizer_options)
         self.decoder = _decoder(code_dim, in_channels, channels, res_channels, res_blocks, downsample)
 
     def quantize(self, x: torch.Tensor) -> VQOutput:
-        _check_images(x, self.in_channels, 2 ** self.downsample, "VQVAE")
+        _check_images(x, self.image_channels, 2 ** self.downsample, "VQVAE")
         return self.quantizer(self.to_codes(self.encoder(x)))
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
@@ -119,13 +133,15 @@ class VQVAE2Output(NamedTuple):
 class VQVAE2(nn.Module):
     """Two-level VQ-VAE-2: the bottom encoder downsamples by 4, the top encoder by 2
     more; the top codes are decoded to the bottom resolution and condition the bottom
-    codes; the decoder sees both (the top ones upsampled). Extra keyword arguments go
-    to both VectorQuantizers."""
+    codes; the decoder sees both (the top ones upsampled). Arguments as VQVAE's (keyword
+    only); extra keyword arguments go to both VectorQuantizers."""
 
-    def __init__(self, in_channels: int = 1, channels: int = 64, res_channels: int = 32,
-                 res_blocks: int = 2, num_codes: int = 512, code_dim: int = 64, **quantizer_options):
+    def __init__(self, *, image_channels: int = 1, hidden_channels: int = 64, block_channels: int = 32,
+                 num_blocks: int = 2, num_codes: int = 512, code_dim: int = 64, **quantizer_options):
+        in_channels = _image_channels("VQVAE2", image_channels, quantizer_options)
+        channels, res_channels, res_blocks = hidden_channels, block_channels, num_blocks
         super().__init__()
-        self.in_channels = in_channels
+        self.image_channels = in_channels
         self.encoder_bottom = _encoder(in_channels, channels, res_channels, res_blocks, 2)
         self.encoder_top = _encoder(channels, channels, res_channels, res_blocks, 1)
         self.to_codes_top = nn.Conv2d(channels, code_dim, 1)
@@ -137,7 +153,7 @@ class VQVAE2(nn.Module):
         self.decoder = _decoder(2 * code_dim, in_channels, channels, res_channels, res_blocks, 2)
 
     def quantize(self, x: torch.Tensor) -> tuple[VQOutput, VQOutput]:
-        _check_images(x, self.in_channels, 8, "VQVAE2")
+        _check_images(x, self.image_channels, 8, "VQVAE2")
         features = self.encoder_bottom(x)
         top = self.quantizer_top(self.to_codes_top(self.encoder_top(features)))
         conditioned = torch.cat([features, self.decoder_top(top.quantized)], 1)

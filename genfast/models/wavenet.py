@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genfast.models.autoregressive_image import check_labels, is_integer_tensor, positive_int
 from genfast.nn import CausalConv1d
 from genfast.ops._draw import draw_from_logits
 from genfast.ops.wavenet_step import WaveNetWeights, wavenet_stepper
@@ -59,14 +60,7 @@ def dilation_cycles(cycles: int, cycle_length: int) -> list[int]:
 
 
 def _positive_int(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"WaveNet: {name} must be a positive int, got {value!r}")
-    return value
-
-
-def _is_integer_tensor(t) -> bool:
-    return isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex()
-                                                or t.dtype == torch.bool)
+    return positive_int(value, name, "WaveNet")
 
 
 class WaveNetLayer(nn.Module):
@@ -74,10 +68,11 @@ class WaveNetLayer(nn.Module):
     The last layer has no residual convolution (its output would be unused)."""
 
     def __init__(self, residual_channels: int, gate_channels: int, skip_channels: int,
-                 kernel_size: int, dilation: int, cond_channels: int | None, last: bool):
+                 kernel_size: int, dilation: int, class_embedding_dim: int | None, last: bool):
         super().__init__()
         self.dilated = CausalConv1d(residual_channels, gate_channels, kernel_size, dilation=dilation)
-        self.condition = None if cond_channels is None else nn.Linear(cond_channels, gate_channels, bias=False)
+        self.condition = (None if class_embedding_dim is None
+                          else nn.Linear(class_embedding_dim, gate_channels, bias=False))
         half = gate_channels // 2
         self.residual = None if last else nn.Conv1d(half, residual_channels, 1)
         self.skip = nn.Conv1d(half, skip_channels, 1)
@@ -93,7 +88,8 @@ class WaveNet(nn.Module):
     dilation_cycles(cycles, cycle_length): 3 cycles of 1, 2, ..., 512);
     input_kernel_size: width of the one-hot input causal convolution (1: an embedding);
     num_classes: global conditioning on a class or speaker id (labels (N,)), embedded
-    in cond_channels (default 32) and added to every layer's gate pre-activations;
+    in class_embedding_dim dimensions (default 32; formerly cond_channels, see
+    docs/vocabulary.md) and added to every layer's gate pre-activations;
     impl: the sampling step's implementation, "auto" | "ext" | "reference".
 
     model(x) gives logits (N, levels, T): position t is the distribution of x[:, t]
@@ -105,7 +101,7 @@ class WaveNet(nn.Module):
                  head_channels: int | None = None, kernel_size: int = 2,
                  dilations: list[int] | None = None, cycles: int = 3, cycle_length: int = 10,
                  input_kernel_size: int = 1, num_classes: int | None = None,
-                 cond_channels: int | None = None, impl: str = "auto"):
+                 class_embedding_dim: int | None = None, impl: str = "auto"):
         super().__init__()
         self.levels = _positive_int(levels, "levels")
         if levels < 2:
@@ -126,18 +122,18 @@ class WaveNet(nn.Module):
             raise ValueError(f"WaveNet: dilations must be a non-empty list of positive ints, got {dilations!r}")
         self.dilations = [_positive_int(d, "every dilation") for d in dilations]
         self.num_classes = None if num_classes is None else _positive_int(num_classes, "num_classes")
-        if self.num_classes is None and cond_channels is not None:
-            raise ValueError("WaveNet: cond_channels given without num_classes")
-        self.cond_channels = (None if self.num_classes is None
-                              else _positive_int(cond_channels or 32, "cond_channels"))
+        if self.num_classes is None and class_embedding_dim is not None:
+            raise ValueError("WaveNet: class_embedding_dim given without num_classes")
+        self.class_embedding_dim = (None if self.num_classes is None
+                                    else _positive_int(class_embedding_dim or 32, "class_embedding_dim"))
         self.impl = impl
 
         self.input_conv = CausalConv1d(levels, self.residual_channels, self.input_kernel_size)
         self.label_embedding = (None if self.num_classes is None
-                                else nn.Embedding(self.num_classes, self.cond_channels))
+                                else nn.Embedding(self.num_classes, self.class_embedding_dim))
         self.layers = nn.ModuleList(
             WaveNetLayer(self.residual_channels, self.gate_channels, self.skip_channels,
-                         self.kernel_size, d, self.cond_channels, last=i == len(self.dilations) - 1)
+                         self.kernel_size, d, self.class_embedding_dim, last=i == len(self.dilations) - 1)
             for i, d in enumerate(self.dilations))
         self.head1 = nn.Conv1d(self.skip_channels, self.head_channels, 1)
         self.head2 = nn.Conv1d(self.head_channels, levels, 1)
@@ -149,7 +145,7 @@ class WaveNet(nn.Module):
                 "gate_channels": self.gate_channels, "skip_channels": self.skip_channels,
                 "head_channels": self.head_channels, "kernel_size": self.kernel_size,
                 "dilations": list(self.dilations), "input_kernel_size": self.input_kernel_size,
-                "num_classes": self.num_classes, "cond_channels": self.cond_channels}
+                "num_classes": self.num_classes, "class_embedding_dim": self.class_embedding_dim}
 
     @property
     def receptive_field(self) -> int:
@@ -158,7 +154,7 @@ class WaveNet(nn.Module):
 
     # -- checks -------------------------------------------------------------------------
     def _check_levels(self, x, name: str) -> None:
-        if not _is_integer_tensor(x):
+        if not is_integer_tensor(x):
             raise TypeError(f"WaveNet: {name} must be an integer tensor of levels in [0, {self.levels}), "
                             f"got {getattr(x, 'dtype', type(x).__name__)}; quantise with mu_law_encode")
         if x.dim() != 2 or x.numel() == 0:
@@ -169,23 +165,13 @@ class WaveNet(nn.Module):
                              f"[{int(lo)}, {int(hi)}]")
 
     def _labels(self, labels, n: int, device) -> torch.Tensor | None:
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("WaveNet: labels given but the model is unconditional (num_classes=None)")
-            return None
-        if labels is None:
-            raise ValueError(f"WaveNet: labels are required (num_classes={self.num_classes})")
-        if isinstance(labels, int) and not isinstance(labels, bool):
+        if self.num_classes is not None and isinstance(labels, int) and not isinstance(labels, bool):
             labels = torch.full((n,), labels, dtype=torch.long)
-        if not _is_integer_tensor(labels):
-            raise TypeError(f"WaveNet: labels must be an int or an integer tensor, got "
-                            f"{getattr(labels, 'dtype', type(labels).__name__)}")
-        if tuple(labels.shape) != (n,):
+        if self.num_classes is not None and is_integer_tensor(labels) and tuple(labels.shape) != (n,):
             raise ValueError(f"WaveNet: labels must have shape ({n},), got {tuple(labels.shape)}")
-        lo, hi = torch.aminmax(labels)
-        if lo < 0 or hi >= self.num_classes:
-            raise ValueError(f"WaveNet: labels must lie in [0, {self.num_classes}), got values in "
-                             f"[{int(lo)}, {int(hi)}]")
+        check_labels(labels, n, self.num_classes, "WaveNet", accepts="an int or an integer tensor")
+        if labels is None:
+            return None
         return labels.to(device=device, dtype=torch.long)
 
     # -- likelihood ---------------------------------------------------------------------
@@ -322,7 +308,7 @@ class WaveNetSampler:
         self.samples = torch.zeros(n, length, dtype=torch.long, device=device)
         self.known_steps = 0
         if prefix is not None:
-            if _is_integer_tensor(prefix) and prefix.dim() == 1:
+            if is_integer_tensor(prefix) and prefix.dim() == 1:
                 prefix = prefix.unsqueeze(0).expand(n, -1)
             model._check_levels(prefix, "prefix")
             if prefix.shape[0] != n or prefix.shape[1] > length:

@@ -14,7 +14,10 @@ class MaskedConv2d(nn.Conv2d):
     includes it) and color_groups (1, or 3 for R, G, B sub-pixels). Only stride 1
     with 'same' padding, groups=1 and zero padding are supported. Its state_dict is
     that of an nn.Conv2d of the same shape; the mask is derived, never stored or
-    learned, and masked weights receive zero gradient.
+    learned, and masked weights receive zero gradient. State dicts of the public
+    weight*mask classes, which keep the mask as a buffer (`<layer>.mask`), load too:
+    such a key is accepted when it equals this layer's mask (broadcast to the weight's
+    shape) and is an error naming the key when it does not.
 
     impl: "auto" | "ext" | "reference", and algorithm: "auto" | "live_tap" |
     "decomposed" | "dense" (or a per-phase triple), as for genfast.ops.masked_conv2d.
@@ -47,9 +50,39 @@ class MaskedConv2d(nn.Conv2d):
     @property
     def mask(self) -> torch.Tensor:
         """The 0/1 mask, shaped like the weight."""
-        return masked_conv2d_mask(self.out_channels, self.in_channels, self.kernel_size,
+        return masked_conv2d_mask(self.in_channels, self.out_channels, self.kernel_size,
                                   self.mask_type, self.color_groups, dtype=self.weight.dtype,
                                   device=self.weight.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A stored mask (weight*mask classes register it as a buffer) is checked, then
+        # dropped: strict loading would otherwise reject it as an unexpected key.
+        key = prefix + "mask"
+        if key in state_dict:
+            problem = self._stored_mask_problem(state_dict.pop(key))
+            if problem is not None:
+                error_msgs.append(f"{key}: {problem}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _stored_mask_problem(self, stored) -> str | None:
+        """None when a loaded mask equals this layer's, else what is wrong with it."""
+        what = (f"this MaskedConv2d's mask (mask_type={self.mask_type!r}, "
+                f"color_groups={self.color_groups}, shape {tuple(self.weight.shape)})")
+        if not isinstance(stored, torch.Tensor):
+            return f"expected a tensor equal to {what}, got {type(stored).__name__}"
+        own = self.mask
+        try:
+            stored = stored.detach().to(device=own.device, dtype=own.dtype).broadcast_to(own.shape)
+        except RuntimeError:
+            return f"the stored mask has shape {tuple(stored.shape)}, which does not fit {what}"
+        differ = int((stored != own).sum())
+        if differ:
+            return (f"the stored mask differs from {what} at {differ} of {own.numel()} entries; "
+                    f"build the layer with the mask_type and color_groups the checkpoint was "
+                    f"trained with")
+        return None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return masked_conv2d(input, self.weight, self.bias, mask_type=self.mask_type,

@@ -2,9 +2,13 @@
 `name_reference`, its fake kernels and autograd registration; its schema is in
 csrc/schemas.cpp, its kernels in csrc/cpu/name.cpp and csrc/cuda/name.cu, its tests
 in tests/test_name.py and its benchmark in benchmarks/test_bench_name.py.
-gradient_penalty_interpolate shares the files of gradient_penalty."""
+gradient_penalty_interpolate shares the files of gradient_penalty, dmol_sample those of
+dmol_loss (genfast/ops/dmol.py, csrc/dmol.h, tests/test_dmol.py)."""
 from genfast.ops._draw import draw_from_logits
 from genfast.ops.code_statistics import code_statistics, code_statistics_reference
+from genfast.ops.dmol import (dmol_loss, dmol_loss_reference, dmol_num_params, dmol_sample,
+                              dmol_sample_reference)
+from genfast.ops.gated_activation import gated_activation, gated_activation_reference
 from genfast.ops.gated_pixelcnn_row import (GatedRowWeights, gated_pixelcnn_row,
                                             gated_pixelcnn_row_reference)
 from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_interpolate,
@@ -13,17 +17,23 @@ from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_int
 from genfast.ops.masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
 from genfast.ops.nearest_code import nearest_code, nearest_code_reference
 from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row, pixelcnn_row_reference
+from genfast.ops.softmax_cross_entropy import (softmax_cross_entropy,
+                                               softmax_cross_entropy_reference)
 from genfast.ops.wavenet_step import (WaveNetWeights, wavenet_step,
                                       wavenet_step_reference, wavenet_stepper)
 
 # The public ops (each takes impl="auto" | "ext" | "reference").
 OPS = ("masked_conv2d", "gradient_penalty", "gradient_penalty_interpolate", "nearest_code",
-       "code_statistics", "wavenet_step", "gated_pixelcnn_row", "pixelcnn_row")
+       "code_statistics", "wavenet_step", "gated_pixelcnn_row", "pixelcnn_row",
+       "dmol_loss", "dmol_sample", "gated_activation", "softmax_cross_entropy")
 
-__all__ = ["OPS", "GatedRowWeights", "WaveNetWeights", "code_statistics", "code_statistics_reference",
+__all__ = ["OPS", "dmol_loss", "dmol_loss_reference", "dmol_num_params", "dmol_sample",
+           "dmol_sample_reference", "GatedRowWeights", "WaveNetWeights", "code_statistics",
+           "code_statistics_reference", "gated_activation", "gated_activation_reference",
            "gated_pixelcnn_row", "gated_pixelcnn_row_reference",
            "draw_from_logits", "gradient_penalty", "gradient_penalty_interpolate",
            "gradient_penalty_interpolate_reference", "gradient_penalty_reference", "masked_conv2d",
            "masked_conv2d_mask", "masked_conv2d_reference", "nearest_code", "nearest_code_reference",
            "PixelCNNRowWeights", "pixelcnn_row", "pixelcnn_row_reference",
+           "softmax_cross_entropy", "softmax_cross_entropy_reference",
            "wavenet_step", "wavenet_step_reference", "wavenet_stepper"]

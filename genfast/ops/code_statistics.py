@@ -3,8 +3,13 @@ the statistics of an EMA (exponential moving average) codebook update.
 
 For x (N, D) and indices (N,) int64 in [0, num_codes): counts (num_codes,) int64 and
 sums (num_codes, D), each code's rows accumulated in float64 in their original row
-order and rounded to float32 (float64 for float64 x). Deterministic on every
-backend, whatever the thread count. No gradient (statistics only; inputs detached).
+order and rounded to float32 (float64 for float64 x). The exact order: the rows,
+sorted stably by code, are cut into pieces of SUM_PIECE_ROWS positions; a code's
+rows in each piece are summed in row order from zero, and its piece sums are added
+in order (a code within one piece is one sequential sum). The pieces let the GPU
+spread a collapsed codebook (most rows on one code) over many blocks. Both
+backends sum in this order, bit for bit, whatever the thread count. No gradient
+(statistics only; inputs detached).
 
 Not fused with nearest_code: the statistics read x once (O(N D)) against the
 search's O(N K D), and fusing them into the search's parallel tiles would give up
@@ -23,6 +28,9 @@ KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+
+
+SUM_PIECE_ROWS = 256  # kSumPieceRows in csrc/code_statistics.h
 
 
 def sum_dtype(dtype: torch.dtype) -> torch.dtype:

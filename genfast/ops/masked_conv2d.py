@@ -70,10 +70,12 @@ def _cpu_mask(out_channels: int, in_channels: int, kh: int, kw: int, mask_type: 
     return mask
 
 
-def masked_conv2d_mask(out_channels: int, in_channels: int, kernel_size, mask_type: str = "B",
+def masked_conv2d_mask(in_channels: int, out_channels: int, kernel_size, mask_type: str = "B",
                        color_groups: int = 1, *, dtype: torch.dtype = torch.float32,
                        device=None) -> torch.Tensor:
-    """The 0/1 mask, shaped like the weight (out_channels, in_channels, kH, kW)."""
+    """The 0/1 mask, shaped like the weight (out_channels, in_channels, kH, kW). Takes
+    (in_channels, out_channels) like nn.Conv2d and MaskedConv2d (before genfast 0.2 it
+    took (out_channels, in_channels); keyword calls work either way)."""
     kh, kw = check_mask_args(in_channels, out_channels, kernel_size, mask_type, color_groups)
     # copy=True: callers may modify the result; the cached tensor must stay intact.
     return _cpu_mask(out_channels, in_channels, kh, kw, mask_type, color_groups).to(
@@ -119,7 +121,7 @@ def masked_conv2d_reference(input: torch.Tensor, weight: torch.Tensor,
     """Pure-PyTorch twin: F.conv2d with the masked weight (what public PixelCNNs do)."""
     dh, dw = _pair(dilation, "dilation")
     kh, kw = weight.shape[2:]
-    mask = masked_conv2d_mask(weight.shape[0], weight.shape[1], (kh, kw), mask_type, color_groups,
+    mask = masked_conv2d_mask(weight.shape[1], weight.shape[0], (kh, kw), mask_type, color_groups,
                               dtype=weight.dtype, device=weight.device)
     return F.conv2d(input, weight * mask, bias, padding=(dh * (kh // 2), dw * (kw // 2)),
                     dilation=(dh, dw))
@@ -486,8 +488,8 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     (forward, grad_input, grad_weight) triple of them.
     """
     dh, dw = _pair(dilation, "dilation")
-    if dh < 1 or dw < 1:
-        raise ValueError(f"masked_conv2d: dilation must be positive, got {(dh, dw)}")
+    if not (1 <= dh <= 2**24 and 1 <= dw <= 2**24):  # larger would overflow 32-bit offsets
+        raise ValueError(f"masked_conv2d: dilation must be between 1 and 2**24 (16777216), got {(dh, dw)}")
     requested = _check_algorithm(algorithm)
     _check_args(input, weight, bias, mask_type, color_groups)
     if impl not in _backend.IMPLS:

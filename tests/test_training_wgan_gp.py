@@ -1,6 +1,6 @@
-"""WGAN-GP training (genfast/cli_gan.py): mode coverage on 8 Gaussians, the digits
-data, exact resume and the command line (atomic checkpoints: genfast.train.save_checkpoint,
-tested in test_train.py)."""
+"""WGAN-GP training (genfast.training.wgan_gp): mode coverage on 8 Gaussians
+(genfast.metrics), the digits data (genfast.data), exact resume and the command line
+(atomic checkpoints: genfast.training.checkpoint, tested in test_training_checkpoint.py)."""
 import json
 import os
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from genfast import cli
-from genfast.cli_gan import (WGANGPConfig, WGANGPTrainer, load_checkpoint, load_digits16, mode_coverage,
-                             ring8_centers, train)
+from genfast.data import load_digits16, ring8_centers
+from genfast.metrics import mode_coverage
+from genfast.training.wgan_gp import WGANGPConfig, WGANGPTrainer, load_trainer, train
 
 # A short 8-Gaussians run with a fixed seed: the paper's penalty (lambda 10) and 5
 # critic steps per generator step, with larger, two-timescale step sizes than the
@@ -92,7 +93,7 @@ def test_command_line(tmp_path, capsys):
     with open(os.path.join(out, "history.json")) as f:
         assert [h["step"] for h in json.load(f)] == [1, 2, 3, 4]
     assert cli.main(args[:5] + ["6"] + args[6:] + ["--resume"]) == 0
-    assert load_checkpoint(os.path.join(out, "checkpoint.pt")).step == 6
+    assert load_trainer(os.path.join(out, "checkpoint.pt")).step == 6
     png = str(tmp_path / "s.png")
     assert cli.main(["sample", "wgan-gp", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--out", png]) == 0
     with open(png, "rb") as f:

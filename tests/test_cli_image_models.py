@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-import genfast.cli_models as cli_models
+import genfast.demo as demo
 from genfast.cli import main
 
 
@@ -54,10 +54,10 @@ def test_train_unconditional_pixelcnn_resumes(tmp_path, tiny_npy, capsys):
 
 def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     # The real demo's model is bigger; the same code path with a tiny one.
-    monkeypatch.setattr(cli_models, "DEMO_SIZE", 8)
-    monkeypatch.setattr(cli_models, "DEMO_MODEL", dict(hidden=6, num_layers=1, kernel_size=3))
-    monkeypatch.setattr(cli_models, "DEMO_SAMPLES_PER_CLASS", 2)
-    monkeypatch.setattr(cli_models, "DEMO_COMPLETIONS", 2)
+    monkeypatch.setattr(demo, "DEMO_SIZE", 8)
+    monkeypatch.setattr(demo, "DEMO_MODEL", dict(hidden_channels=6, num_layers=1, kernel_size=3))
+    monkeypatch.setattr(demo, "DEMO_SAMPLES_PER_CLASS", 2)
+    monkeypatch.setattr(demo, "DEMO_COMPLETIONS", 2)
     threads = torch.get_num_threads()
     try:
         assert main(["demo", "--steps", "2", "--out", str(tmp_path), "--threads", "1", "--no-progress"]) == 0

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 
 import torch
 
-# The demo: a model small enough to train and sample naively in about a minute on 2 cores.
-DEMO_SIZE, DEMO_LEVELS = 16, 16
-DEMO_MODEL = dict(hidden=32, num_layers=5, kernel_size=5)
-DEMO_TRAIN = dict(batch_size=16, lr=5e-3)
-DEMO_SAMPLES_PER_CLASS = 6
-DEMO_COMPLETIONS = 4
+from genfast.cli.common import device as pick_device
+from genfast.cli.common import user_errors
 
 
-def _add_data_args(p: argparse.ArgumentParser, size: int, levels: int) -> None:
+def add_data_args(p: argparse.ArgumentParser, size: int, levels: int) -> None:
     p.add_argument("--data", default="digits",
                    help="'digits' (embedded, no download), a folder of images (subfolders = "
                         "classes) or a .npy array (N, H, W[, C]) (default: digits)")
@@ -28,7 +23,7 @@ def _add_data_args(p: argparse.ArgumentParser, size: int, levels: int) -> None:
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 grey, 3 RGB")
 
 
-def _add_train_args(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float) -> None:
+def add_train_args(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float) -> None:
     p.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
     p.add_argument("--batch-size", type=int, default=batch_size,
                    help=f"global batch size (default {batch_size})")
@@ -44,8 +39,8 @@ def add_commands(commands, train, sample) -> None:
 
     for name in MODELS:
         p = train.add_parser(name, help=f"train a {name} (AdamW; DDP under torchrun)")
-        _add_data_args(p, size=28, levels=256)
-        _add_train_args(p, steps=2000, batch_size=32, lr=1e-3)
+        add_data_args(p, size=28, levels=256)
+        add_train_args(p, steps=2000, batch_size=32, lr=1e-3)
         p.add_argument("--hidden", type=int, default=64, help="channels per layer (default 64)")
         if name == "gated-pixelcnn":
             p.add_argument("--layers", type=int, default=8, help="gated layers (default 8)")
@@ -86,70 +81,21 @@ def add_commands(commands, train, sample) -> None:
     d.set_defaults(func=_demo)
 
 
-def _user_errors(command):
-    """Bad arguments or data end the command with their message, not a traceback."""
-    @functools.wraps(command)
-    def run(args) -> int:
-        try:
-            return command(args)
-        except (ValueError, FileNotFoundError) as exc:
-            raise SystemExit(f"error: {exc}") from None
-    return run
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was asked for but no CUDA device is visible")
-    return device
-
-
-def _init_distributed(device: torch.device) -> tuple[torch.device, bool]:
-    """Joins the process group when run under torchrun (WORLD_SIZE > 1)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device, False
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, True
-
-
-def _demo_threads(requested: int | None) -> str:
-    """Sets torch's CPU threads for the demo; returns what was chosen and why. On a
-    machine whose load already fills its cores, threads that wait for each other at
-    every parallel region cost far more than they bring, so the demo then uses one."""
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"--threads must be positive, got {requested}")
-        torch.set_num_threads(requested)
-        return f"{requested} CPU thread(s)"
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if cores > 1 and load >= cores:
-        torch.set_num_threads(1)
-        return f"1 CPU thread (the machine is busy: load {load:.1f} on {cores} cores; --threads to override)"
-    return f"{torch.get_num_threads()} CPU thread(s)"
-
-
 def backend_line(device: torch.device) -> str:
     from genfast import _backend
 
     return f"masked layers on {device.type}: {_backend.describe('masked_conv2d', device.type)}"
 
 
-@_user_errors
+@user_errors
 def _train(args) -> int:
     import torch.distributed as dist
 
     from genfast.data import load_dataset
-    from genfast.models import GatedPixelCNN, PixelCNN
-    from genfast.train import evaluate, train
+    from genfast.models import MODELS
+    from genfast.training.autoregressive import evaluate, init_distributed, train
 
-    device, distributed = _init_distributed(_device(args.device))
+    device, distributed = init_distributed(pick_device(args.device))
     rank = dist.get_rank() if distributed else 0
     try:
         train_data, test_data = load_dataset(args.data, args.size, args.levels, args.channels,
@@ -157,13 +103,17 @@ def _train(args) -> int:
         num_classes = None if args.unconditional else train_data.num_classes
         if num_classes is None:
             train_data.labels = test_data.labels = None
+        if args.hidden < 1 or args.hidden % args.channels:
+            raise ValueError(f"--hidden must be a positive multiple of --channels "
+                             f"({args.channels}), got {args.hidden}")
         torch.manual_seed(args.seed)
-        common = dict(channels=args.channels, levels=args.levels, hidden=args.hidden,
+        config = dict(image_channels=args.channels, levels=args.levels, hidden_channels=args.hidden,
                       num_classes=num_classes, image_size=args.size, impl=args.impl)
         if args.model == "gated-pixelcnn":
-            model = GatedPixelCNN(num_layers=args.layers, kernel_size=args.kernel_size, **common)
+            config.update(num_layers=args.layers, kernel_size=args.kernel_size)
         else:
-            model = PixelCNN(num_blocks=args.blocks, **common)
+            config.update(num_blocks=args.blocks)
+        model = MODELS[args.model](**config)
         checkpoint = args.checkpoint or os.path.join("runs", f"{args.model}.pt")
         if rank == 0:
             print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters; "
@@ -186,15 +136,15 @@ def _train(args) -> int:
     return 0
 
 
-@_user_errors
+@user_errors
 def _sample(args) -> int:
     from genfast.data import save_grid
     from genfast.models import load_model
 
-    device = _device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
+    device = pick_device(args.device)
     if args.n < 1:
-        raise SystemExit(f"error: --n must be positive, got {args.n}")
+        raise ValueError(f"--n must be positive, got {args.n}")
+    model = load_model(args.checkpoint, map_location=device)
     labels, ncol, n = None, args.n, args.n
     if model.num_classes is not None:
         labels = torch.arange(model.num_classes, device=device).repeat_interleave(args.n)
@@ -209,66 +159,26 @@ def _sample(args) -> int:
     return 0
 
 
-@_user_errors
+@user_errors
 def _demo(args) -> int:
-    from genfast.data import load_digits, save_grid
-    from genfast.models import GatedPixelCNN
-    from genfast.train import evaluate, train
+    from genfast import demo
 
     begin = time.perf_counter()
-    device = _device(args.device)
-    size, levels = DEMO_SIZE, DEMO_LEVELS
-    threads = _demo_threads(args.threads) if device.type == "cpu" else "GPU"
+    device = pick_device(args.device)
+    threads = demo.demo_threads(args.threads) if device.type == "cpu" else "GPU"
     print(f"genfast demo: a class-conditional Gated PixelCNN on scikit-learn's digits "
-          f"({size}x{size}, {levels} grey levels) on {device} ({threads}); {backend_line(device)}")
-    train_data, test_data = load_digits(size, levels)
-    torch.manual_seed(args.seed)
-    model = GatedPixelCNN(levels=levels, num_classes=10, image_size=size, **DEMO_MODEL).to(device)
-    start = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
-    checkpoint = os.path.join(args.out, "demo.pt")
-    train(model, train_data, val_data=test_data, steps=args.steps, **DEMO_TRAIN, val_every=max(1, args.steps // 4), checkpoint=checkpoint, seed=args.seed,
-          device=device, progress=not args.no_progress, resume=False, desc="demo")
-    train_seconds = time.perf_counter() - start
-    test_bpd = evaluate(model, test_data, device=device)
-
-    labels = torch.arange(10, device=device).repeat_interleave(DEMO_SAMPLES_PER_CLASS)
-    sample_seconds = {}
-    for method in ("naive", "cached"):  # the same uniforms: the same digits up to float rounding
-        generator = torch.Generator(device).manual_seed(args.seed)
-        start = time.perf_counter()
-        samples = model.sample(labels.numel(), labels=labels, generator=generator, method=method)
-        sample_seconds[method] = time.perf_counter() - start
-        if method == "naive":
-            naive_samples = samples
-    same = int((samples == naive_samples).flatten(1).all(1).sum())
-    samples_png = os.path.join(args.out, "samples.png")
-    save_grid(samples, levels, samples_png, ncol=DEMO_SAMPLES_PER_CLASS)
-
-    # One test digit per class: its top half given, the bottom half completed.
-    picks = torch.stack([torch.nonzero(test_data.labels == c)[0, 0] for c in range(10)])
-    originals, digit_labels = test_data.images[picks].to(device), test_data.labels[picks].to(device)
-    half = size // 2
-    prefix = originals[:, :, :half].repeat_interleave(DEMO_COMPLETIONS, 0)
-    start = time.perf_counter()
-    completions = model.sample(prefix.shape[0], labels=digit_labels.repeat_interleave(DEMO_COMPLETIONS),
-                               prefix=prefix, generator=generator)
-    complete_seconds = time.perf_counter() - start
-    given = originals.clone()
-    given[:, :, half:] = levels // 2  # grey: the unknown half
-    rows = torch.cat([originals[:, None], given[:, None],
-                      completions.view(10, DEMO_COMPLETIONS, 1, size, size)], 1)
-    completions_png = os.path.join(args.out, "completions.png")
-    save_grid(rows.flatten(0, 1), levels, completions_png, ncol=DEMO_COMPLETIONS + 2)
-
-    print(f"test bits/dim: {test_bpd:.4f} ({levels} levels)")
-    print(f"training: {args.steps} steps in {train_seconds:.1f} s")
-    naive, cached = sample_seconds["naive"], sample_seconds["cached"]
-    print(f"sampling {samples.shape[0]} digits: cached {cached:.2f} s, naive {naive:.1f} s "
-          f"({naive / cached:.0f}x faster; {same}/{samples.shape[0]} digits identical)")
-    print(f"{prefix.shape[0]} half-image completions (cached) in {complete_seconds:.2f} s")
+          f"({demo.DEMO_SIZE}x{demo.DEMO_SIZE}, {demo.DEMO_LEVELS} grey levels) on {device} "
+          f"({threads}); {backend_line(device)}")
+    r = demo.run_demo(steps=args.steps, out=args.out, device=device, seed=args.seed,
+                      progress=not args.no_progress)
+    print(f"test bits/dim: {r.test_bpd:.4f} ({r.levels} levels)")
+    print(f"training: {args.steps} steps in {r.train_seconds:.1f} s")
+    naive, cached = r.sample_seconds["naive"], r.sample_seconds["cached"]
+    print(f"sampling {r.num_samples} digits: cached {cached:.2f} s, naive {naive:.1f} s "
+          f"({naive / cached:.0f}x faster; {r.identical}/{r.num_samples} digits identical)")
+    print(f"{r.num_completions} half-image completions (cached) in {r.complete_seconds:.2f} s")
     print(f"backend: {backend_line(device)}")
-    print(f"saved {samples_png} (one row per class 0-9), {completions_png} (original, "
-          f"given top half, {DEMO_COMPLETIONS} completions), {checkpoint}")
+    print(f"saved {r.samples_png} (one row per class 0-9), {r.completions_png} (original, "
+          f"given top half, {demo.DEMO_COMPLETIONS} completions), {r.checkpoint}")
     print(f"total {time.perf_counter() - begin:.1f} s")
     return 0

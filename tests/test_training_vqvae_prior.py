@@ -1,4 +1,4 @@
-"""`genfast train prior` and `genfast sample vqvae` (genfast/cli_vq.py): Gated PixelCNN
+"""`genfast train prior` and `genfast sample vqvae` (genfast.training.vqvae): Gated PixelCNN
 priors over a tiny VQ-VAE's codes, exact resume, two-stage sampling, bad input."""
 import os
 import struct
@@ -6,9 +6,9 @@ import struct
 import pytest
 import torch
 
-import genfast.train as gtrain
+import genfast.training.autoregressive as gtrain
 from genfast import cli
-from genfast.cli_vq import load_priors, load_vqvae, sample_codes, top_condition
+from genfast.training.vqvae import load_priors, load_vqvae, sample_codes, top_condition
 
 TINY_VQVAE = ["--limit", "64", "--batch-size", "32", "--size", "16", "--channels", "8",
               "--num-codes", "16", "--code-dim", "4", "--epochs", "1"]

@@ -1,4 +1,5 @@
-"""genfast.train: exact resume, atomic checkpoints, DDP with 2 gloo processes, evaluation."""
+"""The autoregressive image models' trainer (genfast.training.autoregressive, also
+`genfast.train`): exact resume, atomic checkpoints, DDP with 2 gloo processes, evaluation."""
 import os
 
 import pytest
@@ -7,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import requires_cuda
 
-import genfast.train as gtrain
+import genfast.training.autoregressive as gtrain
 from genfast.data import ImageData
 from genfast.metrics import bits_per_dim
 from genfast.models import GatedPixelCNN, PixelCNN, load_model
@@ -23,7 +24,7 @@ def tiny_data(n=24, seed=0, size=6, levels=5):
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    return GatedPixelCNN(levels=5, hidden=6, num_layers=2, kernel_size=3, num_classes=3, image_size=6)
+    return GatedPixelCNN(levels=5, hidden_channels=6, num_layers=2, kernel_size=3, num_classes=3, image_size=6)
 
 
 def params(model):
@@ -96,7 +97,7 @@ def test_resume_refuses_a_different_run(tmp_path):
         gtrain.train(tiny_model(), data, steps=3, batch_size=8, checkpoint=path, progress=False)
     with pytest.raises(ValueError, match="seed"):
         gtrain.train(tiny_model(), data, steps=3, batch_size=4, seed=1, checkpoint=path, progress=False)
-    other = GatedPixelCNN(levels=5, hidden=9, num_layers=2, kernel_size=3, num_classes=3)
+    other = GatedPixelCNN(levels=5, hidden_channels=9, num_layers=2, kernel_size=3, num_classes=3)
     with pytest.raises(ValueError, match="config"):
         gtrain.train(other, data, steps=3, batch_size=4, checkpoint=path, progress=False)
     gtrain.train(other, data, steps=1, batch_size=4, checkpoint=path, progress=False, resume=False)

@@ -1,5 +1,6 @@
-"""What PixelCNN and Gated PixelCNN share: the input and output layout, argument
-checks, the likelihood and naive sampling.
+"""The autoregressive image-model base: what PixelCNN and Gated PixelCNN share (the
+input and output layout, argument checks, the likelihood and naive sampling), and the
+argument checks WaveNet reuses (positive_int, is_integer_tensor, check_labels).
 
 Images are integer levels in [0, levels), shaped (N, channels, H, W); the sub-pixels
 of a pixel are generated in channel order (R, G, B). Logits are shaped
@@ -10,12 +11,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
 from genfast.nn import MaskedConv2d
 from genfast.ops import masked_conv2d
+from genfast.ops.softmax_cross_entropy import softmax_cross_entropy
 
 
 def pointwise(in_channels: int, out_channels: int, color_groups: int, impl: str) -> nn.Conv2d:
@@ -48,30 +49,53 @@ def masked_weight(layer: nn.Conv2d, dtype: torch.dtype, device) -> torch.Tensor:
     return weight.to(device=device, dtype=dtype)
 
 
-def _positive_int(value, name: str, model: str) -> int:
+def positive_int(value, name: str, model: str) -> int:
+    """value, checked to be a positive int (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{model}: {name} must be a positive int, got {value!r}")
     return value
 
 
-def _is_integer_tensor(t: torch.Tensor) -> bool:
-    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+def is_integer_tensor(t) -> bool:
+    return isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex()
+                                                or t.dtype == torch.bool)
+
+
+def check_labels(labels, n: int, num_classes: int | None, model: str, *,
+                 accepts: str = "an integer tensor") -> None:
+    """Class labels (n,) in [0, num_classes), or None for an unconditional model."""
+    if num_classes is None:
+        if labels is not None:
+            raise ValueError(f"{model}: labels given but the model is unconditional "
+                             f"(num_classes=None)")
+        return
+    if labels is None:
+        raise ValueError(f"{model}: labels are required (num_classes={num_classes})")
+    if not is_integer_tensor(labels):
+        raise TypeError(f"{model}: labels must be {accepts}, got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (n,):
+        raise ValueError(f"{model}: labels must be shaped ({n},), got {tuple(labels.shape)}")
+    lo, hi = torch.aminmax(labels)
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{model}: labels must lie in [0, {num_classes}), got "
+                         f"values in [{int(lo)}, {int(hi)}]")
 
 
 class AutoregressiveImageModel(nn.Module):
     """Base class. Subclasses build their layers in __init__ (after calling
     super().__init__) and implement `logits`."""
 
-    def __init__(self, *, channels: int, levels: int, num_classes: int | None,
+    def __init__(self, *, image_channels: int, levels: int, num_classes: int | None,
                  cond_channels: int, embedding_dim: int | None, image_size, impl: str):
         super().__init__()
         name = type(self).__name__
-        self.channels = _positive_int(channels, "channels", name)
-        self.levels = _positive_int(levels, "levels", name)
+        self.image_channels = positive_int(image_channels, "image_channels", name)
+        self.levels = positive_int(levels, "levels", name)
         if levels < 2:
             raise ValueError(f"{name}: levels must be at least 2, got {levels}")
         if num_classes is not None:
-            _positive_int(num_classes, "num_classes", name)
+            positive_int(num_classes, "num_classes", name)
         self.num_classes = num_classes
         if not isinstance(cond_channels, int) or cond_channels < 0:
             raise ValueError(f"{name}: cond_channels must be an int >= 0, got {cond_channels!r}")
@@ -84,14 +108,14 @@ class AutoregressiveImageModel(nn.Module):
                              f"got {image_size!r}")
         self.image_size = tuple(image_size)
         # One colour group per sub-pixel: group c of every masked layer sees colours <= c.
-        self.color_groups = channels
+        self.color_groups = image_channels
         self.embedding_dim = embedding_dim
         if embedding_dim is None:
-            self.input_channels = channels
+            self.input_channels = image_channels
             self.embedding = None
         else:
-            _positive_int(embedding_dim, "embedding_dim", name)
-            self.input_channels = channels * embedding_dim
+            positive_int(embedding_dim, "embedding_dim", name)
+            self.input_channels = image_channels * embedding_dim
             self.embedding = nn.Embedding(levels, embedding_dim)
         self.impl = impl
 
@@ -137,7 +161,7 @@ class AutoregressiveImageModel(nn.Module):
         """The last layer's (N, channels * levels, H, W), colour-group-major, to logits
         (N, levels, channels, H, W)."""
         n, _, h, w = out.shape
-        return out.view(n, self.channels, self.levels, h, w).transpose(1, 2)
+        return out.view(n, self.image_channels, self.levels, h, w).transpose(1, 2)
 
     def logits(self, features: torch.Tensor, labels: torch.Tensor | None = None,
                cond: torch.Tensor | None = None, *, last_row_only: bool = False) -> torch.Tensor:
@@ -151,11 +175,11 @@ class AutoregressiveImageModel(nn.Module):
         model = type(self).__name__
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{model}: {name} must be a tensor, got {type(x).__name__}")
-        if not _is_integer_tensor(x):
+        if not is_integer_tensor(x):
             raise TypeError(f"{model}: {name} must hold integer levels in [0, {self.levels}) "
                             f"(an integer tensor), got {x.dtype}; quantise images first")
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"{model}: {name} must be shaped (N, {self.channels}, H, W), "
+        if x.dim() != 4 or x.shape[1] != self.image_channels:
+            raise ValueError(f"{model}: {name} must be shaped (N, {self.image_channels}, H, W), "
                              f"got {tuple(x.shape)}")
         if x.numel() == 0:
             raise ValueError(f"{model}: {name} must not be empty, got shape {tuple(x.shape)}")
@@ -166,22 +190,7 @@ class AutoregressiveImageModel(nn.Module):
 
     def check_conditioning(self, n: int, height: int, width: int, labels, cond) -> None:
         model = type(self).__name__
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError(f"{model}: labels given but the model is unconditional "
-                                 f"(num_classes=None)")
-        else:
-            if labels is None:
-                raise ValueError(f"{model}: labels are required (num_classes={self.num_classes})")
-            if not isinstance(labels, torch.Tensor) or not _is_integer_tensor(labels):
-                raise TypeError(f"{model}: labels must be an integer tensor, got "
-                                f"{getattr(labels, 'dtype', type(labels).__name__)}")
-            if labels.shape != (n,):
-                raise ValueError(f"{model}: labels must be shaped ({n},), got {tuple(labels.shape)}")
-            lo, hi = torch.aminmax(labels)
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"{model}: labels must lie in [0, {self.num_classes}), got "
-                                 f"values in [{int(lo)}, {int(hi)}]")
+        check_labels(labels, n, self.num_classes, model)
         if self.cond_channels == 0:
             if cond is not None:
                 raise ValueError(f"{model}: cond given but the model has cond_channels=0")
@@ -206,7 +215,7 @@ class AutoregressiveImageModel(nn.Module):
     def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None,
              cond: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per sub-pixel, in nats."""
-        return nll(self(x, labels, cond), x)
+        return nll(self(x, labels, cond), x, self.impl)
 
     # -- sampling -------------------------------------------------------------------
     @torch.no_grad()
@@ -271,15 +280,15 @@ class AutoregressiveImageModel(nn.Module):
         if cond is not None:
             cond = cond.to(device=device, dtype=self._compute_dtype(device))
 
-        x = torch.zeros(n, self.channels, height, width, dtype=torch.long, device=device)
-        known = torch.zeros(n, self.channels, height, width, dtype=torch.bool, device=device)
+        x = torch.zeros(n, self.image_channels, height, width, dtype=torch.long, device=device)
+        known = torch.zeros(n, self.image_channels, height, width, dtype=torch.bool, device=device)
         if prefix is not None:
             rows = self._place_prefix(x, known, prefix, known_mask, n)
         elif known_mask is not None:
             raise ValueError(f"{model}.sample: known_mask given without prefix")
         else:
             rows = 0
-        u = sampling_uniforms(n, self.channels, height, width, generator, device)
+        u = sampling_uniforms(n, self.image_channels, height, width, generator, device)
 
         was_training = self.training
         self.eval()
@@ -300,7 +309,7 @@ class AutoregressiveImageModel(nn.Module):
         for i in range(height):
             cond_rows = None if cond is None else cond[:, :, : i + 1]
             for j in range(width):
-                for c in range(self.channels):
+                for c in range(self.image_channels):
                     todo = ~known[:, c, i, j] if i < rows else None
                     if todo is not None and not todo.any():
                         continue
@@ -327,7 +336,7 @@ class AutoregressiveImageModel(nn.Module):
         colour, image) whose draw failed: a cached row op's value -1, non-finite logits."""
         failed = (values < 0).permute(2, 1, 0).reshape(-1).nonzero()
         if failed.numel():
-            column, colour = divmod(failed[0].item() // values.shape[0], self.channels)
+            column, colour = divmod(failed[0].item() // values.shape[0], self.image_channels)
             raise RuntimeError(f"{type(self).__name__}.sample: the network produced non-finite "
                                f"logits at row {row}, column {column}, colour {colour}")
 
@@ -360,7 +369,7 @@ class AutoregressiveImageModel(nn.Module):
         height, width = self.image_size
         self.check_images(prefix, "prefix")
         if prefix.shape[0] != n or prefix.shape[2] > height or prefix.shape[3] != width:
-            raise ValueError(f"{model}.sample: prefix must be shaped ({n}, {self.channels}, h, "
+            raise ValueError(f"{model}.sample: prefix must be shaped ({n}, {self.image_channels}, h, "
                              f"{width}) with h <= {height}, got {tuple(prefix.shape)}")
         rows = prefix.shape[2]
         if known_mask is None:
@@ -379,9 +388,9 @@ class AutoregressiveImageModel(nn.Module):
         return rows
 
 
-def nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def nll(logits: torch.Tensor, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """Mean negative log-likelihood in nats of integer images x under logits
-    (N, levels, channels, H, W); computed in float32 at least."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.cross_entropy(logits, x.long())
+    (N, levels, channels, H, W); computed in float32 at least. One fused op
+    (genfast.ops.softmax_cross_entropy: no copy of the logits; impl="reference" is
+    F.cross_entropy)."""
+    return softmax_cross_entropy(logits, x, impl=impl)

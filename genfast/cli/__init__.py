@@ -1,9 +1,12 @@
 """The genfast command line (`genfast ...` or `python -m genfast ...`).
 
-Each feature adds its commands from its own module, listed in COMMAND_MODULES: the
-module's `add_commands(commands, train, sample)` receives the top-level subparsers
-and those of `genfast train` and `genfast sample`, and sets `func` on each parser it
-adds (func(args) -> exit code).
+The package only parses arguments and prints: data sets live in genfast.data,
+trainers in genfast.training, plots in genfast.plotting. Each feature adds its
+commands from its own module, listed in COMMAND_MODULES: the module's
+`add_commands(commands, train, sample)` receives the top-level subparsers and those
+of `genfast train` and `genfast sample`, and sets `func` on each parser it adds
+(func(args) -> exit code), wrapped in genfast.cli.common.user_errors so that bad
+arguments, data or checkpoints end the command with one line, not a traceback.
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ import json
 import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
-COMMAND_MODULES: list[str] = ["genfast.cli_models", "genfast.cli_gan", "genfast.cli_vq",
-                              "genfast.cli_wavenet"]
+COMMAND_MODULES: list[str] = ["genfast.cli.image_models", "genfast.cli.gan", "genfast.cli.vq",
+                              "genfast.cli.wavenet"]
 
 
 def _info(args) -> int:

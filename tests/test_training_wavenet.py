@@ -1,4 +1,5 @@
-"""`genfast train wavenet` / `genfast sample wavenet`: outputs, exact resume, bad settings."""
+"""The WaveNet trainer (genfast.training.wavenet) and its commands `genfast train wavenet` /
+`genfast sample wavenet`: outputs, exact resume, bad settings; the synthetic signal (genfast.data)."""
 import json
 import os
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from genfast.cli import main
-from genfast.cli_wavenet import WaveNetTrainConfig, synthesize_signal, train
+from genfast.data import synthesize_signal
+from genfast.training.wavenet import WaveNetTrainConfig, train
 
 TINY = ["--steps", "4", "--batch-size", "2", "--segment", "16", "--residual-channels", "4",
         "--cycles", "1", "--cycle-length", "3", "--seconds", "2", "--sample-length", "40",

@@ -1,0 +1,115 @@
+"""softmax_cross_entropy: F.cross_entropy over the `levels` logits of the image models'
+output head, without a second copy of the logits.
+
+logits (N, L, ...) (classes in dimension 1, F.cross_entropy's layout) and integer
+targets (N, ...) in [0, L). The forward computes each position's logsumexp (saved:
+with its max logit: two values per position) and loss = logsumexp - logit[target];
+the backward writes
+grad_loss * (softmax - onehot) straight into grad_logits. F.cross_entropy on the
+models' (N, L, C, H, W) logits (a transposed view) copies them to a contiguous
+tensor, keeps log_softmax's output (another logits-sized tensor) for the backward,
+and runs nll_loss's and log_softmax's backwards as separate passes. The kernels read
+any layout where moving dimension 1 somewhere gives contiguous memory in place (other
+layouts are copied once), and grad_logits has the logits' layout. Loss and logsumexp
+are float32 (float64 for float64 logits). First derivatives only. Kernels:
+csrc/cpu/softmax_cross_entropy.cpp, csrc/cuda/softmax_cross_entropy.cu; shared math
+in csrc/softmax_cross_entropy.h. On CUDA an out-of-range target is found by the kernel
+and reported after it (one synchronisation per call).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genfast import _backend
+
+KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(logits, target, reduction) -> None:
+    op = "softmax_cross_entropy"
+    for name, t in (("logits", logits), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{op}: logits must be floating point, got {logits.dtype}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"{op}: target must be an integer tensor, got {target.dtype}")
+    if logits.dim() < 2:
+        raise ValueError(f"{op}: logits must be (N, classes, ...), got shape {tuple(logits.shape)}")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"{op}: target must have shape {expected} (logits' without dimension 1), "
+                         f"got {tuple(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"{op}: target is on {target.device} but logits are on {logits.device}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def softmax_cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor,
+                                    reduction: str = "mean") -> torch.Tensor:
+    """Pure-PyTorch twin: F.cross_entropy in float32 (float64 for float64 logits)."""
+    return F.cross_entropy(logits.to(_acc_dtype(logits.dtype)), target.long(), reduction=reduction)
+
+
+def softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean", *,
+                          impl: str = "auto") -> torch.Tensor:
+    """Cross-entropy of logits (N, L, ...) against integer targets (N, ...):
+    F.cross_entropy(logits, target, reduction=reduction) computed in float32 (float64
+    for float64 logits). reduction: "mean", "sum" or "none" (per position).
+    Differentiable once with respect to logits. impl: "auto", "ext" or "reference"."""
+    _check(logits, target, reduction)
+    if not _backend.use_extension("softmax_cross_entropy", impl, logits, KERNEL_DTYPES):
+        return softmax_cross_entropy_reference(logits, target, reduction)
+    loss, _, _ = torch.ops.genfast.softmax_cross_entropy(logits, target.long())
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
+def _empty_grad(logits: torch.Tensor) -> torch.Tensor:
+    """grad_logits as the kernels lay it out: the logits' layout when moving dimension
+    1 to some place makes them contiguous (csrc/softmax_cross_entropy.cpp), else
+    contiguous."""
+    for m in range(1, logits.dim()):
+        moved = logits.movedim(1, m)
+        if moved.is_contiguous():
+            return torch.empty_like(moved, memory_format=torch.contiguous_format).movedim(m, 1)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _register_fake_and_autograd() -> None:
+    @torch.library.register_fake("genfast::softmax_cross_entropy")
+    def _(logits, target):
+        dtype = _acc_dtype(logits.dtype)
+        return tuple(target.new_empty(target.shape, dtype=dtype) for _ in range(3))
+
+    @torch.library.register_fake("genfast::softmax_cross_entropy_backward")
+    def _(grad_loss, logits, target, max, log_sum):
+        return _empty_grad(logits)
+
+    def setup(ctx, inputs, output):
+        logits, target = inputs
+        ctx.save_for_backward(logits, target, output[1], output[2])
+        ctx.mark_non_differentiable(output[1], output[2])  # the saved max and log-sum
+
+    def backward(ctx, grad_loss, grad_max, grad_log_sum):
+        logits, target, max, log_sum = ctx.saved_tensors
+        grad = torch.ops.genfast.softmax_cross_entropy_backward(grad_loss.to(max.dtype), logits, target,
+                                                                max, log_sum)
+        return grad, None
+
+    torch.library.register_autograd("genfast::softmax_cross_entropy", backward, setup_context=setup)
+
+
+if _backend.LIBRARY_LOADED:
+    _register_fake_and_autograd()
