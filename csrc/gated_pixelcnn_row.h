@@ -26,15 +26,31 @@
 //                                   (the last layer's is unused: it has none)
 //   skip_weight (L, H, H), skip_bias (L, H)
 //   head_weight1 (H, H), head_bias1 (H), head_weight2 (H, C*V), head_bias2 (C*V)
+// The weights come as one Tensor[] in the order of GENFAST_GATED_ROW_WEIGHTS below (the
+// fields of genfast.ops.GatedRowWeights). check_levels: check on the host that the
+// known prefix values are levels (a device->host synchronisation on a GPU; the sampler
+// checks its images once per sample() call and skips it); unchecked, an out-of-range
+// known value reads as -1 (see known_level in sampling_math.h).
 // Returns values (N, C, W) int64 (-1 where the logits were not finite) and logits
 // (N, C, W, V) in the weights' dtype.
 #pragma once
 
+#include <cstddef>
+
 #include <ATen/core/Tensor.h>
 
+#include "checks.h"
 #include "common.h"
+#include "sampling_math.h"
 
 namespace genfast {
+
+#define GENFAST_GATED_ROW_WEIGHTS(X)                                                      \
+  X(feature_table) X(first_weight) X(horizontal_weight) X(residual_weight) X(residual_bias) \
+  X(skip_weight) X(skip_bias) X(head_weight1) X(head_bias1) X(head_weight2) X(head_bias2)
+
+GENFAST_WEIGHT_TENSORS(GatedRowWeights, GENFAST_GATED_ROW_WEIGHTS)
+GENFAST_WEIGHT_POINTERS(GatedRowPointers, GatedRowWeights, GENFAST_GATED_ROW_WEIGHTS)
 
 struct GatedRowShape {
   int64_t batch, channels, width, levels, features, hidden, taps, layers;
@@ -42,14 +58,23 @@ struct GatedRowShape {
   int64_t pre() const { return 2 * hidden; }
 };
 
-// Checks every argument (names, shapes, dtypes, devices, ranges of the known values)
-// the same way on every backend and returns the sizes.
-GatedRowShape check_gated_pixelcnn_row(
-    const at::Tensor& prefix, const at::Tensor& known, const at::Tensor& uniforms,
-    double temperature, const at::Tensor& feature_table, const at::Tensor& row_bias,
-    const at::Tensor& first_weight, const at::Tensor& horizontal_weight,
-    const at::Tensor& residual_weight, const at::Tensor& residual_bias,
-    const at::Tensor& skip_weight, const at::Tensor& skip_bias, const at::Tensor& head_weight1,
-    const at::Tensor& head_bias1, const at::Tensor& head_weight2, const at::Tensor& head_bias2);
+// Checks every argument (names, shapes, dtypes, devices, and with check_levels the
+// known values) the same way on every backend and returns the sizes.
+GatedRowShape check_gated_pixelcnn_row(const at::Tensor& prefix, const at::Tensor& known,
+                                       const at::Tensor& uniforms, double temperature,
+                                       const at::Tensor& row_bias, const GatedRowWeights& w,
+                                       bool check_levels);
+
+// Shared memory of one block of the CUDA kernel: the dynamic part (every layer's gated
+// units, the skip sum, the head's input and hidden layer: (L + 3) H values, a group's
+// pre-activations and outputs: 3 H / C) and the static part (block_gemv's partial sums,
+// kGemvWarps x 32 values). A launch needs their total; above 48 KiB only with the
+// kernel's max-dynamic-shared-memory attribute raised.
+struct GatedRowSharedMemory {
+  size_t dynamic_bytes, static_bytes;
+  size_t total() const { return dynamic_bytes + static_bytes; }
+  bool needs_opt_in() const { return total() > kDefaultSharedMemoryBytes; }
+};
+GatedRowSharedMemory gated_row_shared_memory(const GatedRowShape& s, size_t element_size);
 
 }  // namespace genfast

@@ -34,28 +34,38 @@
 //            h_{b+1} = h_b + t_b @ expand_weight[b] + expand_bias[b]
 //   o = relu(relu(h_B) @ hidden_weight + hidden_bias); logits = o @ output_weight + bias
 // then the level of (j, c) is drawn (or kept) and its features enter feats[j].
+// The weights come as one Tensor[] in the order of GENFAST_PIXELCNN_ROW_WEIGHTS below
+// (the fields of genfast.ops.PixelCNNRowWeights). check_levels: check on the host that
+// the known values are levels (a device->host synchronisation on a GPU; the sampler
+// checks its images once per sample() call and skips it); unchecked, an out-of-range
+// known value reads as -1 (known_level in sampling_math.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include "checks.h"
 #include "common.h"
 #include "sampling_math.h"
 
 namespace genfast {
 
+#define GENFAST_PIXELCNN_ROW_WEIGHTS(X)                                                    \
+  X(feature_table) X(input_weight) X(reduce_weight) X(reduce_bias) X(conv_weight)          \
+  X(expand_weight) X(expand_bias) X(hidden_weight) X(hidden_bias) X(output_weight)         \
+  X(output_bias)
+
+GENFAST_WEIGHT_TENSORS(PixelCNNRowWeights, GENFAST_PIXELCNN_ROW_WEIGHTS)
+GENFAST_WEIGHT_POINTERS(PixelCNNRowPointers, PixelCNNRowWeights, GENFAST_PIXELCNN_ROW_WEIGHTS)
+
 struct PixelCNNRowShape {
   int64_t batch, channels, width, levels, features, in_channels, pad, wide, hidden, blocks;
 };
 
-// Checks every argument (shapes, dtypes, devices) the same way on every backend and
-// returns the sizes.
-PixelCNNRowShape check_pixelcnn_row(
-    const at::Tensor& values, const at::Tensor& known, const at::Tensor& uniforms,
-    double temperature, const at::Tensor& input_bias, const at::Tensor& block_bias,
-    const at::Tensor& feature_table, const at::Tensor& input_weight,
-    const at::Tensor& reduce_weight, const at::Tensor& reduce_bias, const at::Tensor& conv_weight,
-    const at::Tensor& expand_weight, const at::Tensor& expand_bias,
-    const at::Tensor& hidden_weight, const at::Tensor& hidden_bias,
-    const at::Tensor& output_weight, const at::Tensor& output_bias);
+// Checks every argument (shapes, dtypes, devices, and with check_levels the known
+// values) the same way on every backend and returns the sizes.
+PixelCNNRowShape check_pixelcnn_row(const at::Tensor& values, const at::Tensor& known,
+                                    const at::Tensor& uniforms, double temperature,
+                                    const at::Tensor& input_bias, const at::Tensor& block_bias,
+                                    const PixelCNNRowWeights& w, bool check_levels);
 
 }  // namespace genfast

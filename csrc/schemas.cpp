@@ -25,29 +25,28 @@ TORCH_LIBRARY(genfast, m) {
   // Per-code counts (K) int64 and sums (K, D) of the rows of x (N, D) assigned to each
   // code by indices (N), for EMA codebook updates; see code_statistics.h.
   m.def("code_statistics(Tensor x, Tensor indices, int num_codes) -> (Tensor, Tensor)");
+  // The sampling ops take their weights as one Tensor[] in the order of the fields of
+  // their Python NamedTuple (WaveNetWeights without dilations, GatedRowWeights,
+  // PixelCNNRowWeights; the C++ lists are in their headers). check_levels: check on the
+  // host that the given levels they read are in range (a device->host sync on a GPU;
+  // callers that checked once per sampling call pass false).
+  //
   // One cached sampling step of a WaveNet (layout in csrc/wavenet_step.h): reads the
   // previous samples, updates the per-layer ring buffers in `cache`, returns the
   // step's logits (N, levels) and writes the drawn samples into column `step`.
   m.def("wavenet_step(Tensor(a!) samples, Tensor(b!) cache, Tensor uniforms, int step, "
-        "int known_steps, float temperature, Tensor input_weight, Tensor input_bias, "
-        "Tensor dilated_weight, Tensor gate_bias, Tensor out_weight, Tensor out_bias, "
-        "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2, "
-        "int[] dilations) -> Tensor");
+        "int known_steps, float temperature, Tensor[] weights, int[] dilations, "
+        "bool check_levels=True) -> Tensor");
   // One image row of cached Gated PixelCNN sampling (layout in csrc/gated_pixelcnn_row.h):
   // walks the row's sub-pixels, returns the drawn values (N, C, W) and logits (N, C, W, V).
   m.def("gated_pixelcnn_row(Tensor prefix, Tensor known, Tensor uniforms, float temperature, "
-        "Tensor feature_table, Tensor row_bias, Tensor first_weight, Tensor horizontal_weight, "
-        "Tensor residual_weight, Tensor residual_bias, Tensor skip_weight, Tensor skip_bias, "
-        "Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, Tensor head_bias2) "
-        "-> (Tensor, Tensor)");
+        "Tensor row_bias, Tensor[] weights, bool check_levels=True) -> (Tensor, Tensor)");
   // One row of PixelCNN's cached sampler (layout in csrc/pixelcnn_row.h): the centre-row
   // taps and per-position layers of every sub-pixel of the row, with the draws; returns
   // (values, logits, reduce_rows).
   m.def("pixelcnn_row(Tensor values, Tensor known, Tensor uniforms, float temperature, "
-        "Tensor input_bias, Tensor block_bias, Tensor feature_table, Tensor input_weight, "
-        "Tensor reduce_weight, Tensor reduce_bias, Tensor conv_weight, Tensor expand_weight, "
-        "Tensor expand_bias, Tensor hidden_weight, Tensor hidden_bias, Tensor output_weight, "
-        "Tensor output_bias) -> (Tensor, Tensor, Tensor)");
+        "Tensor input_bias, Tensor block_bias, Tensor[] weights, bool check_levels=True) "
+        "-> (Tensor, Tensor, Tensor)");
   // Discretized mixture of logistics of PixelCNN++ (layout in csrc/dmol.h): the
   // per-pixel NLL (B, H, W) of integer images x (B, C, H, W) under params (B, P, H, W),
   // its gradient with respect to params, and one draw per pixel from uniforms.

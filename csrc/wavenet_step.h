@@ -18,6 +18,11 @@
 //   out_weight      (L, G/2, R + S)  residual 1x1 (columns [0, R)) | skip 1x1 ([R, R + S))
 //   out_bias        (L, R + S)       (the last layer's residual columns are unused)
 //   head_weight1    (S, H), head_bias1 (H), head_weight2 (H, levels), head_bias2 (levels)
+// The weights come as one Tensor[] in the order of GENFAST_WAVENET_WEIGHTS below (the
+// tensor fields of genfast.ops.WaveNetWeights). check_levels: check on the host that the
+// samples the step reads (columns step - k_in .. step - 1) are levels or -1 (a
+// device->host synchronisation on a GPU; genfast.ops.wavenet_stepper checks all samples
+// once and skips it); unchecked, an out-of-range sample adds nothing, like a -1.
 #pragma once
 
 #include <cmath>
@@ -25,10 +30,18 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "checks.h"
 #include "common.h"
 #include "sampling_math.h"
 
 namespace genfast {
+
+#define GENFAST_WAVENET_WEIGHTS(X)                                                         \
+  X(input_weight) X(input_bias) X(dilated_weight) X(gate_bias) X(out_weight) X(out_bias)    \
+  X(head_weight1) X(head_bias1) X(head_weight2) X(head_bias2)
+
+GENFAST_WEIGHT_TENSORS(WaveNetStepWeights, GENFAST_WAVENET_WEIGHTS)
+GENFAST_WEIGHT_POINTERS(WaveNetStepPointers, WaveNetStepWeights, GENFAST_WAVENET_WEIGHTS)
 
 // The CUDA kernel receives the layer table by value in its parameters.
 constexpr int kWaveNetMaxLayers = 256;
@@ -48,14 +61,11 @@ struct WaveNetStepShape {
   std::vector<int64_t> dilation, offset, ring_length;  // per layer
 };
 
-// Checks every argument (names, shapes, dtypes, devices, ranges) the same way on every
-// backend and returns the sizes.
-WaveNetStepShape check_wavenet_step(
-    const at::Tensor& samples, const at::Tensor& cache, const at::Tensor& uniforms, int64_t step,
-    int64_t known_steps, double temperature, const at::Tensor& input_weight,
-    const at::Tensor& input_bias, const at::Tensor& dilated_weight, const at::Tensor& gate_bias,
-    const at::Tensor& out_weight, const at::Tensor& out_bias, const at::Tensor& head_weight1,
-    const at::Tensor& head_bias1, const at::Tensor& head_weight2, const at::Tensor& head_bias2,
-    at::IntArrayRef dilations);
+// Checks every argument (names, shapes, dtypes, devices, ranges, and with check_levels
+// the samples the step reads) the same way on every backend and returns the sizes.
+WaveNetStepShape check_wavenet_step(const at::Tensor& samples, const at::Tensor& cache,
+                                    const at::Tensor& uniforms, int64_t step, int64_t known_steps,
+                                    double temperature, const WaveNetStepWeights& w,
+                                    at::IntArrayRef dilations, bool check_levels);
 
 }  // namespace genfast

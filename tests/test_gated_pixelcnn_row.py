@@ -166,9 +166,10 @@ def test_cache_memory_does_not_grow_with_the_image_height():
     sizes = {}
     original = module.gated_pixelcnn_row
 
-    def spy(prefix, known, uniforms, temperature, row_bias, weights, impl):
+    def spy(prefix, known, uniforms, temperature, row_bias, weights, **kwargs):
         sizes.setdefault("row_bias", set()).add(row_bias.numel())
-        return original(prefix, known, uniforms, temperature, row_bias, weights, impl=impl)
+        sizes.setdefault("check_levels", set()).add(kwargs.get("check_levels"))
+        return original(prefix, known, uniforms, temperature, row_bias, weights, **kwargs)
 
     module.gated_pixelcnn_row = spy
     try:
@@ -178,12 +179,14 @@ def test_cache_memory_does_not_grow_with_the_image_height():
     finally:
         module.gated_pixelcnn_row = original
     assert sizes["row_bias"] == {2 * 2 * 5 * 12}  # L * N * W * 2H for both heights
+    # The images are checked once per sample() call, not per row (a device->host sync).
+    assert sizes["check_levels"] == {False}
 
 
 @requires_ext
 def test_opcheck():
     prefix, known, uniforms, temperature, row_bias, w = random_row_case(500)
-    args = (prefix, known, uniforms, temperature, w.feature_table, row_bias, *w[1:])
+    args = (prefix, known, uniforms, temperature, row_bias, list(w))
     torch.library.opcheck(torch.ops.genfast.gated_pixelcnn_row.default, args)
 
 
@@ -231,19 +234,22 @@ def test_bad_input(impl, change, error, match):
 
 
 @requires_ext
-@pytest.mark.parametrize("change,match", [
-    (lambda a: a.__setitem__(0, a[0].int()), "prefix must be int64"),
-    (lambda a: a.__setitem__(5, a[5][:, :, :1]), "row_bias must have shape"),
-    (lambda a: a.__setitem__(6, a[6][:, :1]), "first_weight must have shape"),
-    (lambda a: a.__setitem__(7, a[7].float()), "must have row_bias's dtype"),
-    (lambda a: a.__setitem__(3, -1.0), "temperature must be"),
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: a.__setitem__(0, a[0].int()), TypeError, "prefix must be int64"),
+    (lambda a: a.__setitem__(4, a[4][:, :, :1]), ValueError, "row_bias must have shape"),
+    (lambda a: a[5].__setitem__(1, a[5][1][:, :1]), ValueError, "first_weight must have shape"),
+    (lambda a: a[5].__setitem__(2, a[5][2].float()), TypeError, "must have row_bias's dtype"),
+    (lambda a: a.__setitem__(3, -1.0), ValueError, "temperature must be"),
+    (lambda a: a.__setitem__(5, a[5][:-1]), ValueError, "weights must hold 11 tensors"),
+    (lambda a: a.__setitem__(0, a[0] + 100), ValueError, r"prefix must hold levels.*prefix\[\d+, \d+, \d+\] = "),
 ])
-def test_bad_input_to_the_compiled_op(change, match):
-    # The C++ checks guard direct calls of torch.ops.genfast.gated_pixelcnn_row too.
+def test_bad_input_to_the_compiled_op(change, error, match):
+    # The C++ checks guard direct calls of torch.ops.genfast.gated_pixelcnn_row too, with
+    # the wrappers' exception types.
     prefix, known, uniforms, temperature, row_bias, w = random_row_case(800)
-    args = [prefix, known, uniforms, temperature, w.feature_table, row_bias, *w[1:]]
+    args = [prefix, known.clone().fill_(True), uniforms, temperature, row_bias, list(w)]
     change(args)
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(error, match=match):
         torch.ops.genfast.gated_pixelcnn_row(*args)
 
 
@@ -253,3 +259,70 @@ def test_bad_sampling_method():
         model.sample(1, method="fast")
     with pytest.raises(ValueError, match="impl must be"):
         model.sample(1, impl="cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_invalid_known_values_raise_and_unchecked_ones_read_as_minus_one(device):
+    # A known value outside [0, levels) is user data: a ValueError from the op's host
+    # check (never a device assert: the CUDA context keeps working), or with
+    # check_levels=False (a sampler that checked once) a failed sub-pixel, -1.
+    prefix, known, uniforms, temperature, row_bias, weights = random_row_case(900, device)
+    prefix, known = prefix.clone(), known.clone()
+    prefix[0, 0, 0], known[0, 0, 0] = 1000, True
+    prefix[-1, -1, -1], known[-1, -1, -1] = -5, True
+    args = (prefix, known, uniforms, temperature, row_bias)
+    with pytest.raises(ValueError, match="prefix must hold levels"):
+        gated_pixelcnn_row(*args, weights, impl="ext")
+    with pytest.raises(ValueError, match=r"prefix\[0, 0, 0\] = (1000|-5) is not a level"):
+        torch.ops.genfast.gated_pixelcnn_row(*args, list(weights))
+    values, logits = gated_pixelcnn_row(*args, weights, impl="ext", check_levels=False)
+    want_values, want_logits = gated_pixelcnn_row_reference(*args, weights)
+    assert values[0, 0, 0] == -1 and values[-1, -1, -1] == -1
+    assert torch.equal(values, want_values)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_known_sub_pixels_are_not_drawn(device):
+    # Teacher forcing: every sub-pixel known, so no draw happens; non-finite logits
+    # (which would draw -1) do not matter.
+    prefix, known, uniforms, temperature, row_bias, weights = random_row_case(950, device)
+    weights = weights._replace(head_bias2=torch.full_like(weights.head_bias2, float("nan")))
+    values, _ = gated_pixelcnn_row(prefix, torch.ones_like(known), uniforms, temperature, row_bias, weights,
+                                   impl="ext")
+    assert torch.equal(values, prefix)
+
+
+@requires_ext
+def test_cuda_shared_memory_counts_the_static_part():
+    # The CUDA kernel's block holds (L + 3) H + 3 H / C values of dynamic and 8 x 32 of
+    # static shared memory; their total decides the opt-in above 48 KiB. Float32, 3
+    # colours, hidden 384, 28 layers: 48 KiB dynamic + 1 KiB static needs it.
+    from genfast import _C
+
+    assert _C._gated_row_shared_memory(3, 384, 28, 4) == (49152, 1024, True)
+    assert _C._gated_row_shared_memory(3, 384, 27, 4) == (47616, 1024, False)
+    assert _C._gated_row_shared_memory(3, 384, 27, 8) == (95232, 2048, True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("device", DEVICES[1:])
+def test_a_row_needing_more_than_48_kib_of_shared_memory_runs(device):
+    c, h, layers, levels, taps, n, width = 3, 384, 28, 4, 2, 2, 3
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen) * 0.05
+
+    weights = GatedRowWeights(rand(levels, 1), rand(taps, c, 2 * h), rand(layers - 1, taps, h, 2 * h),
+                              rand(layers, h, h), rand(layers, h), rand(layers, h, h), rand(layers, h),
+                              rand(h, h), rand(h), rand(h, c * levels), rand(c * levels))
+    prefix = torch.randint(0, levels, (n, c, width), generator=gen)
+    known = torch.ones((n, c, width), dtype=torch.bool)  # teacher forcing: comparable logits
+    uniforms = torch.rand((width, c, n), generator=gen, dtype=torch.float64)
+    args = (prefix, known, uniforms, 1.0, rand(layers, n, width, 2 * h))
+    want_values, want_logits = gated_pixelcnn_row(*args, weights, impl="ext")
+    values, logits = gated_pixelcnn_row(*[a.to(device) if isinstance(a, torch.Tensor) else a for a in args],
+                                        GatedRowWeights(*[w.to(device) for w in weights]), impl="ext")
+    assert torch.equal(values.cpu(), want_values)
+    torch.testing.assert_close(logits.cpu(), want_logits, rtol=1e-4, atol=1e-4)

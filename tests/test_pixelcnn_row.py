@@ -260,7 +260,7 @@ def test_sampler_names_the_first_non_finite_sub_pixel(impl):
 @pytest.mark.parametrize("seed", range(2))
 def test_opcheck(seed):
     values, known, uniforms, temperature, input_bias, block_bias, weights = random_row(600 + seed, "cpu")
-    args = (values, known, uniforms, temperature, input_bias, block_bias, *weights)
+    args = (values, known, uniforms, temperature, input_bias, block_bias, list(weights))
     torch.library.opcheck(torch.ops.genfast.pixelcnn_row.default, args)
 
 
@@ -321,21 +321,69 @@ def test_bad_input(impl, change, error, match):
 
 @requires_ext
 def test_the_kernel_checks_its_arguments_too():
-    # Direct op calls (bypassing the Python checks) get TORCH_CHECK errors, not crashes.
+    # Direct op calls (bypassing the Python checks) get the wrappers' error types, not crashes.
     case = _ok_case()
     w = case["weights"]
-    args = [case["values"], case["known"], case["uniforms"], 1.0, case["input_bias"], case["block_bias"], *w]
+    args = [case["values"], case["known"], case["uniforms"], 1.0, case["input_bias"], case["block_bias"],
+            list(w)]
     op = torch.ops.genfast.pixelcnn_row.default
     bad = list(args)
     bad[4] = case["input_bias"][:, 1:]
-    with pytest.raises(RuntimeError, match="input_bias must have shape"):
+    with pytest.raises(ValueError, match="input_bias must have shape"):
         op(*bad)
     bad = list(args)
     bad[0] = case["values"] + 100
     bad[1] = torch.ones_like(case["known"])
-    with pytest.raises(RuntimeError, match="is not a level"):
+    with pytest.raises(ValueError, match="is not a level"):
         op(*bad)
     bad = list(args)
-    bad[8] = w.reduce_weight.double()
-    with pytest.raises(RuntimeError, match="reduce_weight must have input_weight's dtype"):
+    bad[6] = list(w._replace(reduce_weight=w.reduce_weight.double()))
+    with pytest.raises(TypeError, match="reduce_weight must have input_weight's dtype"):
         op(*bad)
+    bad = list(args)
+    bad[6] = list(w)[1:]
+    with pytest.raises(ValueError, match="weights must hold 11 tensors"):
+        op(*bad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_invalid_known_values_raise_and_unchecked_ones_read_as_minus_one(device):
+    # A known value outside [0, levels) is user data: a ValueError from the op's host
+    # check (never a device assert: the CUDA context keeps working), or with
+    # check_levels=False (a sampler that checked once) a failed sub-pixel, -1.
+    values, known, uniforms, temperature, input_bias, block_bias, weights = random_row(40, device)
+    values, known = values.clone(), known.clone()
+    values[0, 0, 0], known[0, 0, 0] = 1000, True
+    values[-1, -1, -1], known[-1, -1, -1] = -3, True
+    args = (values, known, uniforms, temperature, input_bias, block_bias)
+    with pytest.raises(ValueError, match="known values must be levels"):
+        pixelcnn_row(*args, weights, impl="ext")
+    with pytest.raises(ValueError, match=r"values\[0, 0, 0\] = (1000|-3) is not a level"):
+        torch.ops.genfast.pixelcnn_row(*args, list(weights))
+    got = pixelcnn_row(*args, weights, impl="ext", check_levels=False)
+    want = pixelcnn_row_reference(*args, weights)
+    assert got[0][0, 0, 0] == -1 and got[0][-1, -1, -1] == -1
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2])
+
+
+def test_the_sampler_checks_the_images_once_not_per_row(monkeypatch):
+    # Every row op call skips the known-value check (a device->host sync per row on a
+    # GPU): sample() checked the prefix once.
+    calls = recorded_rows_kwargs(monkeypatch)
+    model = PixelCNN(channels=3, levels=4, hidden=6, num_blocks=1, input_kernel=3, image_size=(4, 3))
+    model.sample(2, prefix=torch.randint(0, 4, (2, 3, 2, 3)))
+    assert len(calls) == 4 and all(kwargs.get("check_levels") is False for kwargs in calls)
+
+
+def recorded_rows_kwargs(monkeypatch):
+    calls = []
+    original = pixelcnn_module.pixelcnn_row
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pixelcnn_module, "pixelcnn_row", spy)
+    return calls

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import DEVICES, requires_ext
 
-from genfast.ops import WaveNetWeights, draw_from_logits, wavenet_step, wavenet_step_reference
+from genfast.ops import WaveNetWeights, draw_from_logits, wavenet_step, wavenet_step_reference, wavenet_stepper
 
 
 def random_case(seed, device, dtype=torch.float64):
@@ -165,9 +165,7 @@ def test_draw_matches_kernel_next_to_cdf_steps():
 def test_opcheck(seed):
     weights, cache, samples, uniforms, known = random_case(600 + seed, "cpu")
     w = weights
-    args = (samples, cache, uniforms, samples.shape[1] - 1, known, 0.7, w.input_weight, w.input_bias,
-            w.dilated_weight, w.gate_bias, w.out_weight, w.out_bias, w.head_weight1, w.head_bias1,
-            w.head_weight2, w.head_bias2, list(w.dilations))
+    args = (samples, cache, uniforms, samples.shape[1] - 1, known, 0.7, w.tensors(), list(w.dilations))
     torch.library.opcheck(torch.ops.genfast.wavenet_step.default, args)
 
 
@@ -212,28 +210,63 @@ def test_bad_input(impl, change, error, match):
 
 @requires_ext
 def test_bad_input_reaching_the_kernel():
-    # Direct op calls (as from C++) are checked in the kernel too.
+    # Direct op calls (as from C++) are checked in the kernel too, with the wrappers'
+    # exception types.
     weights, cache, samples, uniforms, _ = _ok_case()
     w = weights
 
     def call(samples=samples, cache=cache, uniforms=uniforms, step=1, dilations=list(w.dilations),
-             gate_bias=w.gate_bias, temperature=1.0):
-        return torch.ops.genfast.wavenet_step(samples, cache, uniforms, step, 0, temperature, w.input_weight,
-                                              w.input_bias, w.dilated_weight, gate_bias, w.out_weight,
-                                              w.out_bias, w.head_weight1, w.head_bias1, w.head_weight2,
-                                              w.head_bias2, dilations)
+             gate_bias=w.gate_bias, temperature=1.0, tensors=None):
+        tensors = w._replace(gate_bias=gate_bias).tensors() if tensors is None else tensors
+        return torch.ops.genfast.wavenet_step(samples, cache, uniforms, step, 0, temperature, tensors, dilations)
 
-    with pytest.raises(RuntimeError, match="cache must have .* slots"):
+    with pytest.raises(ValueError, match="cache must have .* slots"):
         call(dilations=[d + 1 for d in w.dilations])
-    with pytest.raises(RuntimeError, match="step must lie in"):
+    with pytest.raises(ValueError, match="step must lie in"):
         call(step=samples.shape[1])
-    with pytest.raises(RuntimeError, match="gate_bias must have shape"):
+    with pytest.raises(ValueError, match="gate_bias must have shape"):
         call(gate_bias=w.gate_bias[:, :, 1:])
-    with pytest.raises(RuntimeError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature"):
         call(temperature=-1.0)
-    with pytest.raises(RuntimeError, match="uniforms must be float64"):
+    with pytest.raises(TypeError, match="uniforms must be float64"):
         call(uniforms=uniforms.float())
+    with pytest.raises(ValueError, match="weights must hold 10 tensors"):
+        call(tensors=w.tensors()[:-1])
     bad = samples.clone()
     bad[:, 0] = w.levels  # the input of step 1
-    with pytest.raises(RuntimeError, match=r"samples\[0, 0\] = .* is not a level"):
+    with pytest.raises(ValueError, match=r"samples\[0, 0\] = .* is not a level"):
         call(samples=bad)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("ext", marks=requires_ext)])
+def test_the_wrapper_validates_samples(impl):
+    # The samples a step reads are user data (a prefix): a ValueError naming the first bad one.
+    weights, cache, samples, uniforms, _ = _ok_case()
+    bad = samples.clone()
+    bad[1 % bad.shape[0], 0] = -2
+    with pytest.raises(ValueError, match=r"samples\[\d+, 0\] = -2 is not a level"):
+        wavenet_step(bad, cache.clone(), uniforms, 1, 0, 1.0, weights, impl=impl)
+    with pytest.raises(ValueError, match=r"samples\[\d+, 0\] = -2 is not a level"):
+        wavenet_stepper(bad, cache.clone(), uniforms, 0, 1.0, weights, impl=impl)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_invalid_samples_raise_and_unchecked_ones_add_nothing(device):
+    # Never a device assert: a ValueError from the op's host check, after which the CUDA
+    # context keeps working; with check_levels=False an out-of-range sample adds nothing
+    # to the input layer, like a failed draw's -1.
+    weights, cache, samples, uniforms, _ = random_case(710, device)
+    k_in = weights.input_weight.shape[0]
+    step = samples.shape[1] - 1
+    bad = samples.clone()
+    bad[:, step - 1] = weights.levels + 5
+    with pytest.raises(ValueError, match=rf"samples\[0, {step - 1}\] = .* is not a level"):
+        torch.ops.genfast.wavenet_step(bad, cache.clone(), uniforms, step, 0, 1.0, weights.tensors(),
+                                       list(weights.dilations))
+    minus_one = samples.clone()
+    minus_one[:, step - 1] = -1
+    got = wavenet_step(bad, cache.clone(), uniforms, step, step + 1, 1.0, weights, impl="ext",
+                       check_levels=False)
+    want = wavenet_step(minus_one, cache.clone(), uniforms, step, step + 1, 1.0, weights, impl="ext")
+    assert k_in >= 1
+    torch.testing.assert_close(got, want)

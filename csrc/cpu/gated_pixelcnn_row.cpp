@@ -23,9 +23,8 @@ struct RowArgs {
   const bool* known;
   const double* uniforms;
   double temperature;
-  const T *feature_table, *row_bias, *first_weight, *horizontal_weight, *residual_weight,
-      *residual_bias, *skip_weight, *skip_bias, *head_weight1, *head_bias1, *head_weight2,
-      *head_bias2;
+  const T* row_bias;
+  GatedRowPointers<T> w;
   int64_t* values;
   T* logits;
 };
@@ -67,7 +66,7 @@ void walk_row(const RowArgs<T>& a, const MathKernels<T>& math, int64_t b0, int64
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t l = 0; l < L; ++l) {
         const int64_t K = l == 0 ? K0 : H;
-        const T* w = l == 0 ? a.first_weight : a.horizontal_weight + (l - 1) * T_ * H * P;
+        const T* w = l == 0 ? a.w.first_weight : a.w.horizontal_weight + (l - 1) * T_ * H * P;
         T* g = gated.data() + l * count * H;
         for_blocks([&](int64_t r0, int rows) {
           for (int64_t t = 0; t < T_; ++t) {
@@ -79,15 +78,15 @@ void walk_row(const RowArgs<T>& a, const MathKernels<T>& math, int64_t b0, int64
             math.gate(z.data() + r * Pg, bias, Hg, g + (r0 + r) * H + c * Hg);
             x[r] = g + (r0 + r) * H;
           }
-          math.gemm(rows, 1, x.data(), H, a.skip_weight + l * H * H + c * Hg, H, Hg,
-                    a.skip_bias + l * H + c * Hg, y.data(), Hg);
+          math.gemm(rows, 1, x.data(), H, a.w.skip_weight + l * H * H + c * Hg, H, Hg,
+                    a.w.skip_bias + l * H + c * Hg, y.data(), Hg);
           for (int r = 0; r < rows; ++r) {
             T* acc = skip.data() + (r0 + r) * H + c * Hg;
             for (int64_t o = 0; o < Hg; ++o) acc[o] += y[r * Hg + o];
           }
           if (l == L - 1) return;  // the last layer has no horizontal output
-          math.gemm(rows, 1, x.data(), H, a.residual_weight + l * H * H + c * Hg, H, Hg,
-                    a.residual_bias + l * H + c * Hg, y.data(), Hg);
+          math.gemm(rows, 1, x.data(), H, a.w.residual_weight + l * H * H + c * Hg, H, Hg,
+                    a.w.residual_bias + l * H + c * Hg, y.data(), Hg);
           for (int r = 0; r < rows; ++r) {
             T* out = layer_input(l + 1, r0 + r, j) + c * Hg;
             const T* res = l == 0 ? nullptr : layer_input(l, r0 + r, j) + c * Hg;
@@ -103,7 +102,7 @@ void walk_row(const RowArgs<T>& a, const MathKernels<T>& math, int64_t b0, int64
           for (int64_t o = 0; o < H; ++o) in[o] = relu_value(acc[o]);
           x[r] = in;
         }
-        math.gemm(rows, 1, x.data(), H, a.head_weight1 + c * Hg, H, Hg, a.head_bias1 + c * Hg,
+        math.gemm(rows, 1, x.data(), H, a.w.head_weight1 + c * Hg, H, Hg, a.w.head_bias1 + c * Hg,
                   y.data(), Hg);
         for (int r = 0; r < rows; ++r) {
           T* h = hidden.data() + (r0 + r) * H;
@@ -111,17 +110,17 @@ void walk_row(const RowArgs<T>& a, const MathKernels<T>& math, int64_t b0, int64
           x[r] = h;
         }
         T* logits = a.logits + (((b0 + r0) * C + c) * W + j) * V;
-        math.gemm(rows, 1, x.data(), H, a.head_weight2 + c * V, C * V, V, a.head_bias2 + c * V,
+        math.gemm(rows, 1, x.data(), H, a.w.head_weight2 + c * V, C * V, V, a.w.head_bias2 + c * V,
                   logits, C * W * V);
         for (int r = 0; r < rows; ++r) {
           const int64_t n = b0 + r0 + r, at = (n * C + c) * W + j;
           const int64_t value =
-              a.known[at] ? a.prefix[at]
+              a.known[at] ? known_level(a.prefix[at], V)
                           : draw(logits + r * C * W * V, V, a.uniforms[(j * C + c) * s.batch + n],
                                  a.temperature, cdf.data());
           a.values[at] = value;
           T* feature = layer_input(0, r0 + r, j) + c * E;
-          for (int64_t e = 0; e < E; ++e) feature[e] = value >= 0 ? a.feature_table[value * E + e] : T(0);
+          for (int64_t e = 0; e < E; ++e) feature[e] = value >= 0 ? a.w.feature_table[value * E + e] : T(0);
         }
       });
     }
@@ -130,47 +129,29 @@ void walk_row(const RowArgs<T>& a, const MathKernels<T>& math, int64_t b0, int64
 
 std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cpu(
     const at::Tensor& prefix, const at::Tensor& known, const at::Tensor& uniforms,
-    double temperature, const at::Tensor& feature_table, const at::Tensor& row_bias,
-    const at::Tensor& first_weight, const at::Tensor& horizontal_weight,
-    const at::Tensor& residual_weight, const at::Tensor& residual_bias,
-    const at::Tensor& skip_weight, const at::Tensor& skip_bias, const at::Tensor& head_weight1,
-    const at::Tensor& head_bias1, const at::Tensor& head_weight2, const at::Tensor& head_bias2) {
-  const GatedRowShape shape = check_gated_pixelcnn_row(
-      prefix, known, uniforms, temperature, feature_table, row_bias, first_weight,
-      horizontal_weight, residual_weight, residual_bias, skip_weight, skip_bias, head_weight1,
-      head_bias1, head_weight2, head_bias2);
-  TORCH_CHECK(row_bias.device().is_cpu(), "gated_pixelcnn_row: row_bias must be a CPU tensor, got ",
-              row_bias.device());
-  const at::Tensor t[] = {prefix.contiguous(), known.contiguous(), uniforms.contiguous(),
-                          feature_table.contiguous(), row_bias.contiguous(),
-                          first_weight.contiguous(), horizontal_weight.contiguous(),
-                          residual_weight.contiguous(), residual_bias.contiguous(),
-                          skip_weight.contiguous(), skip_bias.contiguous(),
-                          head_weight1.contiguous(), head_bias1.contiguous(),
-                          head_weight2.contiguous(), head_bias2.contiguous()};
+    double temperature, const at::Tensor& row_bias, at::TensorList weights, bool check_levels) {
+  const char* op = "gated_pixelcnn_row";
+  const GatedRowWeights w = unpack_weights<GatedRowWeights>(op, weights);
+  const GatedRowShape shape =
+      check_gated_pixelcnn_row(prefix, known, uniforms, temperature, row_bias, w, check_levels);
+  check_cpu(op, row_bias, "row_bias");
+  const GatedRowWeights wc = contiguous_weights(w);
+  const at::Tensor prefix_c = prefix.contiguous(), known_c = known.contiguous(),
+                   uniforms_c = uniforms.contiguous(), row_bias_c = row_bias.contiguous();
   at::Tensor values = at::empty(prefix.sizes(), prefix.options());
   at::Tensor logits = at::empty({shape.batch, shape.channels, shape.width, shape.levels},
                                 row_bias.options());
   AT_DISPATCH_FLOATING_TYPES(row_bias.scalar_type(), "gated_pixelcnn_row_cpu", [&] {
-    RowArgs<scalar_t> a{&shape,
-                        t[0].const_data_ptr<int64_t>(),
-                        t[1].const_data_ptr<bool>(),
-                        t[2].const_data_ptr<double>(),
-                        temperature,
-                        t[3].const_data_ptr<scalar_t>(),
-                        t[4].const_data_ptr<scalar_t>(),
-                        t[5].const_data_ptr<scalar_t>(),
-                        t[6].const_data_ptr<scalar_t>(),
-                        t[7].const_data_ptr<scalar_t>(),
-                        t[8].const_data_ptr<scalar_t>(),
-                        t[9].const_data_ptr<scalar_t>(),
-                        t[10].const_data_ptr<scalar_t>(),
-                        t[11].const_data_ptr<scalar_t>(),
-                        t[12].const_data_ptr<scalar_t>(),
-                        t[13].const_data_ptr<scalar_t>(),
-                        t[14].const_data_ptr<scalar_t>(),
-                        values.mutable_data_ptr<int64_t>(),
-                        logits.mutable_data_ptr<scalar_t>()};
+    RowArgs<scalar_t> a{};
+    a.shape = &shape;
+    a.prefix = prefix_c.const_data_ptr<int64_t>();
+    a.known = known_c.const_data_ptr<bool>();
+    a.uniforms = uniforms_c.const_data_ptr<double>();
+    a.temperature = temperature;
+    a.row_bias = row_bias_c.const_data_ptr<scalar_t>();
+    a.w.set(wc);
+    a.values = values.mutable_data_ptr<int64_t>();
+    a.logits = logits.mutable_data_ptr<scalar_t>();
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
     parallel_over_batch(shape.batch, [&](int64_t b0, int64_t b1) { walk_row(a, math, b0, b1); });
   });

@@ -23,9 +23,8 @@ struct RowArgs {
   const bool* known;
   const double* uniforms;
   double temperature;
-  const T *input_bias, *block_bias, *feature_table, *input_weight, *reduce_weight, *reduce_bias;
-  const T *conv_weight, *expand_weight, *expand_bias, *hidden_weight, *hidden_bias;
-  const T *output_weight, *output_bias;
+  const T *input_bias, *block_bias;
+  PixelCNNRowPointers<T> w;
   int64_t* values_out;
   T* logits;
   T* reduce_rows;
@@ -81,7 +80,7 @@ void row_block(const RowArgs<T>& a, const MathKernels<T>& math, Buffers<T>& buf,
       const int64_t o = c * gw, oh = c * gh, kw = (c + 1) * gw, kh = (c + 1) * gh;
       // Input conv: taps j-p..j are contiguous in the feature row; mask 'A' at the centre.
       for (int r = 0; r < rows; ++r) x[r] = feats(r) + j * Cin;
-      math.gemm(rows, 1, x, P * Cin + c * Fe, a.input_weight + o, R, gw, nullptr, h(0) + o, R);
+      math.gemm(rows, 1, x, P * Cin + c * Fe, a.w.input_weight + o, R, gw, nullptr, h(0) + o, R);
       for (int r = 0; r < rows; ++r) {
         const T* bias = a.input_bias + ((n0 + r) * W + j) * R + o;
         T* hv = h(0) + r * R + o;
@@ -93,22 +92,22 @@ void row_block(const RowArgs<T>& a, const MathKernels<T>& math, Buffers<T>& buf,
       }
       for (int64_t b = 0; b < B; ++b) {
         rows_of(h_relu(b), R);
-        math.gemm(rows, 1, x, kw, a.reduce_weight + b * R * Hd + oh, Hd, gh,
-                  a.reduce_bias + b * Hd + oh, y, Hd);
+        math.gemm(rows, 1, x, kw, a.w.reduce_weight + b * R * Hd + oh, Hd, gh,
+                  a.w.reduce_bias + b * Hd + oh, y, Hd);
         for (int r = 0; r < rows; ++r) {
           T* dst = reduce(b, r) + (j + 1) * Hd + oh;
           for (int64_t q = 0; q < gh; ++q) dst[q] = relu_value(y[r * Hd + q]);
         }
         // 3x3 centre row: taps j-1, j are contiguous in the reduce row (one zero column).
         for (int r = 0; r < rows; ++r) x[r] = reduce(b, r) + j * Hd;
-        math.gemm(rows, 1, x, Hd + kh, a.conv_weight + b * 2 * Hd * Hd + oh, Hd, gh, nullptr, y, Hd);
+        math.gemm(rows, 1, x, Hd + kh, a.w.conv_weight + b * 2 * Hd * Hd + oh, Hd, gh, nullptr, y, Hd);
         for (int r = 0; r < rows; ++r) {
           const T* bias = a.block_bias + ((b * N + n0 + r) * W + j) * Hd + oh;
           T* dst = conv(b) + r * Hd + oh;
           for (int64_t q = 0; q < gh; ++q) dst[q] = relu_value(y[r * Hd + q] + bias[q]);
         }
         rows_of(conv(b), Hd);
-        math.gemm(rows, 1, x, kh, a.expand_weight + b * Hd * R + o, R, gw, a.expand_bias + b * R + o,
+        math.gemm(rows, 1, x, kh, a.w.expand_weight + b * Hd * R + o, R, gw, a.w.expand_bias + b * R + o,
                   y, R);
         for (int r = 0; r < rows; ++r) {
           const T* prev = h(b) + r * R + o;
@@ -121,29 +120,27 @@ void row_block(const RowArgs<T>& a, const MathKernels<T>& math, Buffers<T>& buf,
         }
       }
       rows_of(h_relu(B), R);
-      math.gemm(rows, 1, x, kw, a.hidden_weight + o, R, gw, a.hidden_bias + o, y, R);
+      math.gemm(rows, 1, x, kw, a.w.hidden_weight + o, R, gw, a.w.hidden_bias + o, y, R);
       for (int r = 0; r < rows; ++r) {
         T* dst = buf.out_hidden.data() + r * R + o;
         for (int64_t q = 0; q < gw; ++q) dst[q] = relu_value(y[r * R + q]);
       }
       rows_of(buf.out_hidden.data(), R);
       T* logits = a.logits + ((n0 * C + c) * W + j) * L;
-      math.gemm(rows, 1, x, kw, a.output_weight + c * L, C * L, L, a.output_bias + c * L, logits,
+      math.gemm(rows, 1, x, kw, a.w.output_weight + c * L, C * L, L, a.w.output_bias + c * L, logits,
                 ld_logits);
       for (int r = 0; r < rows; ++r) {
         const int64_t n = n0 + r, at = (n * C + c) * W + j;
         int64_t level;
         if (a.known[at]) {
-          level = a.values[at];
-          TORCH_CHECK(level >= 0 && level < L, "pixelcnn_row: known values[", n, ", ", c, ", ", j,
-                      "] = ", level, " is not a level in [0, ", L, ")");
+          level = known_level(a.values[at], L);
         } else {
           level = draw(logits + r * ld_logits, L, a.uniforms[(j * C + c) * N + n], a.temperature,
                        buf.cdf.data());
         }
         a.values_out[at] = level;
         T* dst = feats(r) + (P + j) * Cin + c * Fe;
-        for (int64_t e = 0; e < Fe; ++e) dst[e] = level >= 0 ? a.feature_table[level * Fe + e] : T(0);
+        for (int64_t e = 0; e < Fe; ++e) dst[e] = level >= 0 ? a.w.feature_table[level * Fe + e] : T(0);
       }
     }
   }
@@ -158,51 +155,33 @@ void row_block(const RowArgs<T>& a, const MathKernels<T>& math, Buffers<T>& buf,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixelcnn_row_cpu(
     const at::Tensor& values, const at::Tensor& known, const at::Tensor& uniforms,
     double temperature, const at::Tensor& input_bias, const at::Tensor& block_bias,
-    const at::Tensor& feature_table, const at::Tensor& input_weight,
-    const at::Tensor& reduce_weight, const at::Tensor& reduce_bias, const at::Tensor& conv_weight,
-    const at::Tensor& expand_weight, const at::Tensor& expand_bias,
-    const at::Tensor& hidden_weight, const at::Tensor& hidden_bias,
-    const at::Tensor& output_weight, const at::Tensor& output_bias) {
-  const PixelCNNRowShape s = check_pixelcnn_row(
-      values, known, uniforms, temperature, input_bias, block_bias, feature_table, input_weight,
-      reduce_weight, reduce_bias, conv_weight, expand_weight, expand_bias, hidden_weight,
-      hidden_bias, output_weight, output_bias);
-  TORCH_CHECK(input_weight.device().is_cpu(), "pixelcnn_row: input_weight must be a CPU tensor, got ",
-              input_weight.device());
+    at::TensorList weights, bool check_levels) {
+  const char* op = "pixelcnn_row";
+  const PixelCNNRowWeights w = unpack_weights<PixelCNNRowWeights>(op, weights);
+  const PixelCNNRowShape s = check_pixelcnn_row(values, known, uniforms, temperature, input_bias,
+                                                block_bias, w, check_levels);
+  check_cpu(op, w.input_weight, "input_weight");
+  const PixelCNNRowWeights wc = contiguous_weights(w);
   const at::Tensor values_c = values.contiguous(), known_c = known.contiguous(),
-                   uniforms_c = uniforms.contiguous();
-  const at::Tensor t[] = {input_bias.contiguous(),    block_bias.contiguous(),
-                          feature_table.contiguous(), input_weight.contiguous(),
-                          reduce_weight.contiguous(), reduce_bias.contiguous(),
-                          conv_weight.contiguous(),   expand_weight.contiguous(),
-                          expand_bias.contiguous(),   hidden_weight.contiguous(),
-                          hidden_bias.contiguous(),   output_weight.contiguous(),
-                          output_bias.contiguous()};
+                   uniforms_c = uniforms.contiguous(), input_bias_c = input_bias.contiguous(),
+                   block_bias_c = block_bias.contiguous();
+  const at::TensorOptions options = w.input_weight.options();
   at::Tensor values_out = at::empty({s.batch, s.channels, s.width}, values.options());
-  at::Tensor logits = at::empty({s.batch, s.channels, s.width, s.levels}, input_weight.options());
-  at::Tensor reduce_rows = at::empty({s.blocks, s.batch, s.width, s.hidden}, input_weight.options());
-  AT_DISPATCH_FLOATING_TYPES(input_weight.scalar_type(), "pixelcnn_row_cpu", [&] {
-    RowArgs<scalar_t> a{&s,
-                        values_c.const_data_ptr<int64_t>(),
-                        known_c.const_data_ptr<bool>(),
-                        uniforms_c.const_data_ptr<double>(),
-                        temperature,
-                        t[0].const_data_ptr<scalar_t>(),
-                        t[1].const_data_ptr<scalar_t>(),
-                        t[2].const_data_ptr<scalar_t>(),
-                        t[3].const_data_ptr<scalar_t>(),
-                        t[4].const_data_ptr<scalar_t>(),
-                        t[5].const_data_ptr<scalar_t>(),
-                        t[6].const_data_ptr<scalar_t>(),
-                        t[7].const_data_ptr<scalar_t>(),
-                        t[8].const_data_ptr<scalar_t>(),
-                        t[9].const_data_ptr<scalar_t>(),
-                        t[10].const_data_ptr<scalar_t>(),
-                        t[11].const_data_ptr<scalar_t>(),
-                        t[12].const_data_ptr<scalar_t>(),
-                        values_out.mutable_data_ptr<int64_t>(),
-                        logits.mutable_data_ptr<scalar_t>(),
-                        reduce_rows.mutable_data_ptr<scalar_t>()};
+  at::Tensor logits = at::empty({s.batch, s.channels, s.width, s.levels}, options);
+  at::Tensor reduce_rows = at::empty({s.blocks, s.batch, s.width, s.hidden}, options);
+  AT_DISPATCH_FLOATING_TYPES(w.input_weight.scalar_type(), "pixelcnn_row_cpu", [&] {
+    RowArgs<scalar_t> a{};
+    a.shape = &s;
+    a.values = values_c.const_data_ptr<int64_t>();
+    a.known = known_c.const_data_ptr<bool>();
+    a.uniforms = uniforms_c.const_data_ptr<double>();
+    a.temperature = temperature;
+    a.input_bias = input_bias_c.const_data_ptr<scalar_t>();
+    a.block_bias = block_bias_c.const_data_ptr<scalar_t>();
+    a.w.set(wc);
+    a.values_out = values_out.mutable_data_ptr<int64_t>();
+    a.logits = logits.mutable_data_ptr<scalar_t>();
+    a.reduce_rows = reduce_rows.mutable_data_ptr<scalar_t>();
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
     parallel_over_batch(s.batch, [&](int64_t b0, int64_t b1) {
       Buffers<scalar_t> buf(s);

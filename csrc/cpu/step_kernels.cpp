@@ -180,24 +180,10 @@ MathKernels<float> math_kernels<float>() {
   return {&gemm_generic<float>, &gate_generic<float>};
 }
 
-// The drawn level of one sequence (-1 when a logit is not finite).
+// The shared serial draw (sampling_math.h), which the CUDA kernels reproduce bit for bit.
 template <typename T>
 int64_t draw(const T* logits, int64_t levels, double u, double temperature, double* cdf) {
-  double z_max = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < levels; ++i) {
-    if (!std::isfinite(static_cast<double>(logits[i]))) return -1;
-    cdf[i] = tempered_logit(static_cast<double>(logits[i]), temperature);
-    z_max = std::max(z_max, cdf[i]);
-  }
-  double sum = 0;
-  for (int64_t i = 0; i < levels; ++i) {
-    sum += std::exp(cdf[i] - z_max);
-    cdf[i] = sum;
-  }
-  const double threshold = u * sum;
-  int64_t count = 0;
-  while (count < levels && cdf[count] <= threshold) ++count;
-  return clamp_level(count, levels);
+  return inverse_cdf_draw(logits, levels, u, temperature, cdf);
 }
 
 template MathKernels<double> math_kernels<double>();

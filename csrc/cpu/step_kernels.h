@@ -40,7 +40,8 @@ void parallel_over_batch(int64_t batch, const Run& run) {
   });
 }
 
-// The drawn level of one sequence (-1 when a logit is not finite).
+// The drawn level of one sequence (-1 when a logit is not finite): inverse_cdf_draw of
+// sampling_math.h; cdf: scratch for `levels` doubles.
 template <typename T>
 int64_t draw(const T* logits, int64_t levels, double u, double temperature, double* cdf);
 

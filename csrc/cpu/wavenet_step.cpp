@@ -31,8 +31,7 @@ struct StepArgs {
   const double* uniforms;
   int64_t step, known_steps;
   double temperature;
-  const T *input_weight, *input_bias, *dilated_weight, *gate_bias, *out_weight, *out_bias;
-  const T *head_weight1, *head_bias1, *head_weight2, *head_bias2;
+  WaveNetStepPointers<T> w;
   T* logits;
 };
 
@@ -55,27 +54,27 @@ void step_sequences(const StepArgs<T>& p, const MathKernels<T>& math, int64_t b0
   // Input layer: the one-hot causal convolution of the previous samples.
   for (int64_t n = b0; n < b1; ++n) {
     T* h = current(n, 0);
-    std::copy(p.input_bias, p.input_bias + R, h);
+    std::copy(p.w.input_bias, p.w.input_bias + R, h);
     for (int64_t j = 0; j < s.input_kernel_size; ++j) {
       // Tap j reads the input of time t - (k_in - 1 - j), which is sample t - k_in + j.
       const int64_t column = t - s.input_kernel_size + j;
       if (column < 0) continue;
       const int64_t level = p.samples[n * s.length + column];
-      TORCH_CHECK(level >= -1 && level < s.levels, "wavenet_step: samples[", n, ", ", column,
-                  "] = ", level, " is not a level in [0, ", s.levels, ")");
-      if (level < 0) continue;  // a failed draw (non-finite logits), already reported as -1
-      const T* row = p.input_weight + (j * s.levels + level) * R;
+      // -1: a failed draw (non-finite logits), already reported, adds nothing; so does an
+      // out-of-range value, which check_levels rejects unless the caller checked it.
+      if (level < 0 || level >= s.levels) continue;
+      const T* row = p.w.input_weight + (j * s.levels + level) * R;
       for (int64_t c = 0; c < R; ++c) h[c] += row[c];
     }
   }
 
   for (int64_t l = 0; l < s.layers; ++l) {
     const bool last = l == s.layers - 1;
-    const T* wd = p.dilated_weight + l * k * R * G;
+    const T* wd = p.w.dilated_weight + l * k * R * G;
     // The last layer's residual output is never used: compute its skip columns only.
     const int64_t col0 = last ? R : 0;
-    const T* wo = p.out_weight + l * Gh * RS + col0;
-    const T* bo = p.out_bias + l * RS + col0;
+    const T* wo = p.w.out_weight + l * Gh * RS + col0;
+    const T* bo = p.w.out_bias + l * RS + col0;
     for (int64_t r0 = b0; r0 < b1; r0 += kRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kRows, b1 - r0));
       for (int64_t j = 0; j < k; ++j) {
@@ -85,7 +84,7 @@ void step_sequences(const StepArgs<T>& p, const MathKernels<T>& math, int64_t b0
       }
       math.gemm(rows, static_cast<int>(k), x.data(), R, wd, G, G, nullptr, z.data(), G);
       for (int r = 0; r < rows; ++r) {
-        const T* gb = p.gate_bias + ((s.gate_bias_per_sequence ? r0 + r : 0) * s.layers + l) * G;
+        const T* gb = p.w.gate_bias + ((s.gate_bias_per_sequence ? r0 + r : 0) * s.layers + l) * G;
         math.gate(z.data() + r * G, gb, Gh, a.data() + r * Gh);
         x[r] = a.data() + r * Gh;
       }
@@ -114,7 +113,7 @@ void step_sequences(const StepArgs<T>& p, const MathKernels<T>& math, int64_t b0
       for (int64_t c = 0; c < S; ++c) in[c] = relu_value(acc[c]);
       x[r] = in;
     }
-    math.gemm(rows, 1, x.data(), S, p.head_weight1, s.head, s.head, p.head_bias1, hidden.data(),
+    math.gemm(rows, 1, x.data(), S, p.w.head_weight1, s.head, s.head, p.w.head_bias1, hidden.data(),
               s.head);
     for (int r = 0; r < rows; ++r) {
       T* h = hidden.data() + r * s.head;
@@ -122,7 +121,7 @@ void step_sequences(const StepArgs<T>& p, const MathKernels<T>& math, int64_t b0
       x[r] = h;
     }
     T* logits = p.logits + r0 * s.levels;
-    math.gemm(rows, 1, x.data(), s.head, p.head_weight2, s.levels, s.levels, p.head_bias2, logits,
+    math.gemm(rows, 1, x.data(), s.head, p.w.head_weight2, s.levels, s.levels, p.w.head_bias2, logits,
               s.levels);
     for (int r = 0; r < rows; ++r) {
       const int64_t n = r0 + r;
@@ -135,46 +134,28 @@ void step_sequences(const StepArgs<T>& p, const MathKernels<T>& math, int64_t b0
 
 at::Tensor wavenet_step_cpu(at::Tensor& samples, at::Tensor& cache, const at::Tensor& uniforms,
                             int64_t step, int64_t known_steps, double temperature,
-                            const at::Tensor& input_weight, const at::Tensor& input_bias,
-                            const at::Tensor& dilated_weight, const at::Tensor& gate_bias,
-                            const at::Tensor& out_weight, const at::Tensor& out_bias,
-                            const at::Tensor& head_weight1, const at::Tensor& head_bias1,
-                            const at::Tensor& head_weight2, const at::Tensor& head_bias2,
-                            at::IntArrayRef dilations) {
-  const WaveNetStepShape shape = check_wavenet_step(
-      samples, cache, uniforms, step, known_steps, temperature, input_weight, input_bias,
-      dilated_weight, gate_bias, out_weight, out_bias, head_weight1, head_bias1, head_weight2,
-      head_bias2, dilations);
-  TORCH_CHECK(cache.device().is_cpu(), "wavenet_step: cache must be a CPU tensor, got ",
-              cache.device());
+                            at::TensorList weights, at::IntArrayRef dilations, bool check_levels) {
+  const char* op = "wavenet_step";
+  const WaveNetStepWeights w = unpack_weights<WaveNetStepWeights>(op, weights);
+  const WaveNetStepShape shape = check_wavenet_step(samples, cache, uniforms, step, known_steps,
+                                                    temperature, w, dilations, check_levels);
+  check_cpu(op, cache, "cache");
   // The kernel works in place on contiguous memory; strided state is copied back.
   at::Tensor samples_c = samples.contiguous(), cache_c = cache.contiguous();
-  const at::Tensor weights[] = {input_weight.contiguous(), input_bias.contiguous(),
-                                dilated_weight.contiguous(), gate_bias.contiguous(),
-                                out_weight.contiguous(), out_bias.contiguous(),
-                                head_weight1.contiguous(), head_bias1.contiguous(),
-                                head_weight2.contiguous(), head_bias2.contiguous()};
+  const WaveNetStepWeights wc = contiguous_weights(w);
   const at::Tensor uniforms_c = uniforms.contiguous();
   at::Tensor logits = at::empty({shape.batch, shape.levels}, cache.options());
   AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "wavenet_step_cpu", [&] {
-    StepArgs<scalar_t> p{&shape,
-                         samples_c.mutable_data_ptr<int64_t>(),
-                         cache_c.mutable_data_ptr<scalar_t>(),
-                         uniforms_c.const_data_ptr<double>(),
-                         step,
-                         known_steps,
-                         temperature,
-                         weights[0].const_data_ptr<scalar_t>(),
-                         weights[1].const_data_ptr<scalar_t>(),
-                         weights[2].const_data_ptr<scalar_t>(),
-                         weights[3].const_data_ptr<scalar_t>(),
-                         weights[4].const_data_ptr<scalar_t>(),
-                         weights[5].const_data_ptr<scalar_t>(),
-                         weights[6].const_data_ptr<scalar_t>(),
-                         weights[7].const_data_ptr<scalar_t>(),
-                         weights[8].const_data_ptr<scalar_t>(),
-                         weights[9].const_data_ptr<scalar_t>(),
-                         logits.mutable_data_ptr<scalar_t>()};
+    StepArgs<scalar_t> p{};
+    p.shape = &shape;
+    p.samples = samples_c.mutable_data_ptr<int64_t>();
+    p.cache = cache_c.mutable_data_ptr<scalar_t>();
+    p.uniforms = uniforms_c.const_data_ptr<double>();
+    p.step = step;
+    p.known_steps = known_steps;
+    p.temperature = temperature;
+    p.w.set(wc);
+    p.logits = logits.mutable_data_ptr<scalar_t>();
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
     parallel_over_batch(shape.batch, [&](int64_t b0, int64_t b1) { step_sequences(p, math, b0, b1); });
   });

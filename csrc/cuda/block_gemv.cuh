@@ -2,9 +2,9 @@
 // (gated_pixelcnn_row, pixelcnn_row), where one thread block walks one image.
 #pragma once
 
-namespace genfast {
+#include "../sampling_math.h"
 
-constexpr int kGemvWarps = 8;  // the samplers' blocks are 32 * kGemvWarps threads
+namespace genfast {
 
 // For col < cols: epilogue(col, sum over k < kdim of x[k] * w[k * ldw + col]), by the
 // whole block; x may be in shared or global memory. Lanes own consecutive columns

@@ -25,9 +25,8 @@ struct Params {
   const bool* known;
   const double* uniforms;
   double temperature;
-  const T *feature_table, *row_bias, *first_weight, *horizontal_weight, *residual_weight,
-      *residual_bias, *skip_weight, *skip_bias, *head_weight1, *head_bias1, *head_weight2,
-      *head_bias2;
+  const T* row_bias;
+  GatedRowPointers<T> w;
   T* input0;  // (N, W + T - 1, C * E) the first layer's input row, zeros on the left
   T* inputs;  // (L - 1, N, W + T - 1, H) the later layers' input rows
   int64_t* values;
@@ -69,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) gated_pixelcnn_row_kernel(const Para
         const int K = l == 0 ? K0 : H;
         // Taps j-p..j are buffer columns j..j+p: one contiguous vector of T * K inputs.
         const T* x = (l == 0 ? input0 : layer_input(l)) + int64_t(j) * K;
-        const T* w = l == 0 ? p.first_weight : p.horizontal_weight + int64_t(l - 1) * p.taps * H * P;
+        const T* w = l == 0 ? p.w.first_weight : p.w.horizontal_weight + int64_t(l - 1) * p.taps * H * P;
         block_gemv(x, p.taps * K, w + c * Pg, P, Pg, partial, store(z, nullptr));
         const T* bias = p.row_bias + ((int64_t(l) * p.batch + n) * W + j) * P + c * Pg;
         T* g = gated + l * H;
@@ -77,13 +76,13 @@ __global__ void __launch_bounds__(kThreads) gated_pixelcnn_row_kernel(const Para
           g[c * Hg + i] = gated_unit(z[i] + bias[i], z[Hg + i] + bias[Hg + i]);
         }
         __syncthreads();
-        block_gemv(g, H, p.skip_weight + int64_t(l) * H * H + c * Hg, H, Hg, partial,
-                   store(y, p.skip_bias + l * H + c * Hg));
+        block_gemv(g, H, p.w.skip_weight + int64_t(l) * H * H + c * Hg, H, Hg, partial,
+                   store(y, p.w.skip_bias + l * H + c * Hg));
         for (int i = threadIdx.x; i < Hg; i += blockDim.x) skip[c * Hg + i] += y[i];
         __syncthreads();
         if (l == L - 1) continue;  // the last layer has no horizontal output
-        block_gemv(g, H, p.residual_weight + int64_t(l) * H * H + c * Hg, H, Hg, partial,
-                   store(y, p.residual_bias + l * H + c * Hg));
+        block_gemv(g, H, p.w.residual_weight + int64_t(l) * H * H + c * Hg, H, Hg, partial,
+                   store(y, p.w.residual_bias + l * H + c * Hg));
         T* out = layer_input(l + 1) + int64_t(j + p.taps - 1) * H + c * Hg;
         const T* res = l == 0 ? nullptr : layer_input(l) + int64_t(j + p.taps - 1) * H + c * Hg;
         for (int i = threadIdx.x; i < Hg; i += blockDim.x) out[i] = y[i] + (res ? res[i] : T(0));
@@ -92,20 +91,23 @@ __global__ void __launch_bounds__(kThreads) gated_pixelcnn_row_kernel(const Para
       // Output head: relu -> 1x1 -> relu -> 1x1 to colour c's levels, then the draw.
       for (int i = threadIdx.x; i < H; i += blockDim.x) head_in[i] = relu_value(skip[i]);
       __syncthreads();
-      block_gemv(head_in, H, p.head_weight1 + c * Hg, H, Hg, partial, store(y, p.head_bias1 + c * Hg));
+      block_gemv(head_in, H, p.w.head_weight1 + c * Hg, H, Hg, partial, store(y, p.w.head_bias1 + c * Hg));
       for (int i = threadIdx.x; i < Hg; i += blockDim.x) hidden[c * Hg + i] = relu_value(y[i]);
       __syncthreads();
       const int64_t at = (int64_t(n) * C + c) * W + j;
       T* logits = p.logits + at * V;
-      block_gemv(hidden, H, p.head_weight2 + c * V, C * V, V, partial, store(logits, p.head_bias2 + c * V));
+      block_gemv(hidden, H, p.w.head_weight2 + c * V, C * V, V, partial, store(logits, p.w.head_bias2 + c * V));
       if (threadIdx.x < 32) {
-        const double u = p.uniforms[(int64_t(j) * C + c) * p.batch + n];
-        const int64_t drawn = warp_draw(logits, V, u, p.temperature);
-        const int64_t value = p.known[at] ? p.prefix[at] : drawn;
+        // Known sub-pixels (teacher forcing, completion) are not drawn; the condition is
+        // the same in the whole warp, as warp_draw needs.
+        const int64_t value =
+            p.known[at] ? known_level(p.prefix[at], V)
+                        : warp_draw(logits, V, p.uniforms[(int64_t(j) * C + c) * p.batch + n],
+                                    p.temperature);
         if (threadIdx.x == 0) p.values[at] = value;
         T* feature = input0 + int64_t(j + p.taps - 1) * K0 + c * E;
         for (int e = threadIdx.x; e < E; e += 32) {
-          feature[e] = value >= 0 ? p.feature_table[value * E + e] : T(0);
+          feature[e] = value >= 0 ? p.w.feature_table[value * E + e] : T(0);
         }
       }
       __syncthreads();
@@ -113,28 +115,50 @@ __global__ void __launch_bounds__(kThreads) gated_pixelcnn_row_kernel(const Para
   }
 }
 
+// Launches the kernel with its shared memory: the check counts static + dynamic bytes
+// (gated_row_shared_memory), and the dynamic limit is raised whenever the total passes
+// the default 48 KiB.
+template <typename T>
+void launch(const Params<T>& p, const GatedRowShape& s, int device) {
+  const GatedRowSharedMemory shared = gated_row_shared_memory(s, sizeof(T));
+  cudaFuncAttributes attributes{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, gated_pixelcnn_row_kernel<T>));
+  // The formula must cover the compiled kernel's static shared memory.
+  TORCH_INTERNAL_ASSERT(attributes.sharedSizeBytes <= shared.static_bytes,
+                        "gated_pixelcnn_row: the kernel uses ", attributes.sharedSizeBytes,
+                        " bytes of static shared memory, gated_row_shared_memory counts ",
+                        shared.static_bytes);
+  int device_limit = 0;
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&device_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  TORCH_CHECK_VALUE(shared.total() <= static_cast<size_t>(device_limit),
+                    "gated_pixelcnn_row: ", s.layers, " layers of ", s.hidden,
+                    " hidden channels need ", shared.total(),
+                    " bytes of shared memory per image, more than this GPU's ", device_limit,
+                    "; use fewer layers or channels, or the CPU");
+  if (shared.needs_opt_in()) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(gated_pixelcnn_row_kernel<T>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared.dynamic_bytes)));
+  }
+  gated_pixelcnn_row_kernel<T><<<static_cast<unsigned>(s.batch), kThreads, shared.dynamic_bytes,
+                                 c10::cuda::getCurrentCUDAStream()>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
     const at::Tensor& prefix, const at::Tensor& known, const at::Tensor& uniforms,
-    double temperature, const at::Tensor& feature_table, const at::Tensor& row_bias,
-    const at::Tensor& first_weight, const at::Tensor& horizontal_weight,
-    const at::Tensor& residual_weight, const at::Tensor& residual_bias,
-    const at::Tensor& skip_weight, const at::Tensor& skip_bias, const at::Tensor& head_weight1,
-    const at::Tensor& head_bias1, const at::Tensor& head_weight2, const at::Tensor& head_bias2) {
-  const GatedRowShape s = check_gated_pixelcnn_row(
-      prefix, known, uniforms, temperature, feature_table, row_bias, first_weight,
-      horizontal_weight, residual_weight, residual_bias, skip_weight, skip_bias, head_weight1,
-      head_bias1, head_weight2, head_bias2);
-  TORCH_CHECK(row_bias.is_cuda(), "gated_pixelcnn_row: row_bias must be a CUDA tensor, got ",
-              row_bias.device());
-  TORCH_CHECK(s.batch <= 65535 * 1024, "gated_pixelcnn_row: batch ", s.batch, " is too large");
+    double temperature, const at::Tensor& row_bias, at::TensorList weights, bool check_levels) {
+  const char* op = "gated_pixelcnn_row";
+  const GatedRowWeights w = unpack_weights<GatedRowWeights>(op, weights);
+  const GatedRowShape s =
+      check_gated_pixelcnn_row(prefix, known, uniforms, temperature, row_bias, w, check_levels);
+  check_cuda(op, row_bias, "row_bias");
+  TORCH_CHECK_VALUE(s.batch <= 65535 * 1024, op, ": batch ", s.batch, " is too large");
   const c10::cuda::CUDAGuard guard(row_bias.device());
-  const at::Tensor t[] = {prefix.contiguous(), known.contiguous(), uniforms.contiguous(),
-                          feature_table.contiguous(), row_bias.contiguous(),
-                          first_weight.contiguous(), horizontal_weight.contiguous(),
-                          residual_weight.contiguous(), residual_bias.contiguous(),
-                          skip_weight.contiguous(), skip_bias.contiguous(),
-                          head_weight1.contiguous(), head_bias1.contiguous(),
-                          head_weight2.contiguous(), head_bias2.contiguous()};
+  const GatedRowWeights wc = contiguous_weights(w);
+  const at::Tensor prefix_c = prefix.contiguous(), known_c = known.contiguous(),
+                   uniforms_c = uniforms.contiguous(), row_bias_c = row_bias.contiguous();
   const int64_t padded = s.width + s.taps - 1;
   at::Tensor input0 = at::zeros({s.batch, padded, s.input_channels()}, row_bias.options());
   at::Tensor inputs = at::zeros({std::max<int64_t>(s.layers - 1, 0), s.batch, padded, s.hidden},
@@ -143,22 +167,12 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
   at::Tensor logits = at::empty({s.batch, s.channels, s.width, s.levels}, row_bias.options());
   AT_DISPATCH_FLOATING_TYPES(row_bias.scalar_type(), "gated_pixelcnn_row_cuda", [&] {
     Params<scalar_t> p{};
-    p.prefix = t[0].const_data_ptr<int64_t>();
-    p.known = t[1].const_data_ptr<bool>();
-    p.uniforms = t[2].const_data_ptr<double>();
+    p.prefix = prefix_c.const_data_ptr<int64_t>();
+    p.known = known_c.const_data_ptr<bool>();
+    p.uniforms = uniforms_c.const_data_ptr<double>();
     p.temperature = temperature;
-    p.feature_table = t[3].const_data_ptr<scalar_t>();
-    p.row_bias = t[4].const_data_ptr<scalar_t>();
-    p.first_weight = t[5].const_data_ptr<scalar_t>();
-    p.horizontal_weight = t[6].const_data_ptr<scalar_t>();
-    p.residual_weight = t[7].const_data_ptr<scalar_t>();
-    p.residual_bias = t[8].const_data_ptr<scalar_t>();
-    p.skip_weight = t[9].const_data_ptr<scalar_t>();
-    p.skip_bias = t[10].const_data_ptr<scalar_t>();
-    p.head_weight1 = t[11].const_data_ptr<scalar_t>();
-    p.head_bias1 = t[12].const_data_ptr<scalar_t>();
-    p.head_weight2 = t[13].const_data_ptr<scalar_t>();
-    p.head_bias2 = t[14].const_data_ptr<scalar_t>();
+    p.row_bias = row_bias_c.const_data_ptr<scalar_t>();
+    p.w.set(wc);
     p.input0 = input0.mutable_data_ptr<scalar_t>();
     p.inputs = inputs.mutable_data_ptr<scalar_t>();
     p.values = values.mutable_data_ptr<int64_t>();
@@ -171,25 +185,7 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
     p.hidden = static_cast<int>(s.hidden);
     p.taps = static_cast<int>(s.taps);
     p.layers = static_cast<int>(s.layers);
-    const int64_t hg = s.hidden / s.channels;
-    const size_t shared_bytes =
-        sizeof(scalar_t) * ((s.layers + 3) * s.hidden + 2 * hg + hg);
-    int device_limit = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                                          row_bias.get_device()));
-    TORCH_CHECK(shared_bytes <= static_cast<size_t>(device_limit),
-                "gated_pixelcnn_row: ", s.layers, " layers of ", s.hidden,
-                " hidden channels need ", shared_bytes, " bytes of shared memory per image, more "
-                "than this GPU's ", device_limit, "; use fewer layers or channels, or the CPU");
-    if (shared_bytes > 48 * 1024) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(gated_pixelcnn_row_kernel<scalar_t>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(shared_bytes)));
-    }
-    gated_pixelcnn_row_kernel<scalar_t>
-        <<<static_cast<unsigned>(s.batch), kThreads, shared_bytes,
-           c10::cuda::getCurrentCUDAStream()>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(p, s, row_bias.get_device());
   });
   return {values, logits};
 }

@@ -31,9 +31,8 @@ struct Params {
   const bool* known;
   const double* uniforms;
   double temperature;
-  const T *input_bias, *block_bias, *feature_table, *input_weight, *reduce_weight, *reduce_bias;
-  const T *conv_weight, *expand_weight, *expand_bias, *hidden_weight, *hidden_bias;
-  const T *output_weight, *output_bias;
+  const T *input_bias, *block_bias;
+  PixelCNNRowPointers<T> w;
   int64_t* values_out;
   T* logits;
   T* reduce_rows;
@@ -77,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) pixelcnn_row_kernel(const Params<T> 
       for (int c = 0; c < C; ++c) {
         const int o = c * gw, oh = c * gh, kw = (c + 1) * gw, kh = (c + 1) * gh;
         const T* in_bias = p.input_bias + (int64_t(n) * W + j) * R + o;
-        block_gemv(feats + int64_t(j) * Cin, P * Cin + c * Fe, p.input_weight + o, R, gw, partial,
+        block_gemv(feats + int64_t(j) * Cin, P * Cin + c * Fe, p.w.input_weight + o, R, gw, partial,
                    [&](int q, T s) {
                      const T v = s + in_bias[q];
                      h(0)[o + q] = v;
@@ -85,42 +84,40 @@ __global__ void __launch_bounds__(kThreads) pixelcnn_row_kernel(const Params<T> 
                    });
         for (int b = 0; b < B; ++b) {
           T* red = reduce(b);
-          const T* red_bias = p.reduce_bias + int64_t(b) * Hd + oh;
-          block_gemv(h_relu(b), kw, p.reduce_weight + int64_t(b) * R * Hd + oh, Hd, gh, partial,
+          const T* red_bias = p.w.reduce_bias + int64_t(b) * Hd + oh;
+          block_gemv(h_relu(b), kw, p.w.reduce_weight + int64_t(b) * R * Hd + oh, Hd, gh, partial,
                      [&](int q, T s) { red[int64_t(j + 1) * Hd + oh + q] = relu_value(s + red_bias[q]); });
           const T* bb = p.block_bias + ((int64_t(b) * N + n) * W + j) * Hd + oh;
           T* cv = conv(b);
-          block_gemv(red + int64_t(j) * Hd, Hd + kh, p.conv_weight + int64_t(b) * 2 * Hd * Hd + oh, Hd,
+          block_gemv(red + int64_t(j) * Hd, Hd + kh, p.w.conv_weight + int64_t(b) * 2 * Hd * Hd + oh, Hd,
                      gh, partial, [&](int q, T s) { cv[oh + q] = relu_value(s + bb[q]); });
-          const T* eb = p.expand_bias + int64_t(b) * R + o;
+          const T* eb = p.w.expand_bias + int64_t(b) * R + o;
           const T* prev = h(b);
           T* next = h(b + 1);
           T* next_relu = h_relu(b + 1);
-          block_gemv(cv, kh, p.expand_weight + int64_t(b) * Hd * R + o, R, gw, partial,
+          block_gemv(cv, kh, p.w.expand_weight + int64_t(b) * Hd * R + o, R, gw, partial,
                      [&](int q, T s) {
                        const T v = prev[o + q] + s + eb[q];
                        next[o + q] = v;
                        next_relu[o + q] = relu_value(v);
                      });
         }
-        block_gemv(h_relu(B), kw, p.hidden_weight + o, R, gw, partial,
-                   [&](int q, T s) { out_hidden[o + q] = relu_value(s + p.hidden_bias[o + q]); });
+        block_gemv(h_relu(B), kw, p.w.hidden_weight + o, R, gw, partial,
+                   [&](int q, T s) { out_hidden[o + q] = relu_value(s + p.w.hidden_bias[o + q]); });
         T* logits = p.logits + ((int64_t(n) * C + c) * W + j) * L;
-        block_gemv(out_hidden, kw, p.output_weight + int64_t(c) * L, C * L, L, partial,
-                   [&](int q, T s) { logits[q] = s + p.output_bias[int64_t(c) * L + q]; });
+        block_gemv(out_hidden, kw, p.w.output_weight + int64_t(c) * L, C * L, L, partial,
+                   [&](int q, T s) { logits[q] = s + p.w.output_bias[int64_t(c) * L + q]; });
         if (warp == 0) {
           const int64_t at = (int64_t(n) * C + c) * W + j;
           int64_t level;
-          if (p.known[at]) {
-            level = p.values[at];
-            CUDA_KERNEL_ASSERT(level >= 0 && level < L);
-            level = level < 0 ? 0 : (level >= L ? L - 1 : level);
+          if (p.known[at]) {  // the same in the whole warp, as warp_draw needs
+            level = known_level(p.values[at], L);
           } else {
             level = warp_draw(logits, L, p.uniforms[(int64_t(j) * C + c) * N + n], p.temperature);
           }
           if (lane == 0) p.values_out[at] = level;
           T* dst = feats + int64_t(P + j) * Cin + c * Fe;
-          for (int e = lane; e < Fe; e += 32) dst[e] = level >= 0 ? p.feature_table[level * Fe + e] : T(0);
+          for (int e = lane; e < Fe; e += 32) dst[e] = level >= 0 ? p.w.feature_table[level * Fe + e] : T(0);
         }
         __syncthreads();
       }
@@ -135,53 +132,34 @@ __global__ void __launch_bounds__(kThreads) pixelcnn_row_kernel(const Params<T> 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixelcnn_row_cuda(
     const at::Tensor& values, const at::Tensor& known, const at::Tensor& uniforms,
     double temperature, const at::Tensor& input_bias, const at::Tensor& block_bias,
-    const at::Tensor& feature_table, const at::Tensor& input_weight,
-    const at::Tensor& reduce_weight, const at::Tensor& reduce_bias, const at::Tensor& conv_weight,
-    const at::Tensor& expand_weight, const at::Tensor& expand_bias,
-    const at::Tensor& hidden_weight, const at::Tensor& hidden_bias,
-    const at::Tensor& output_weight, const at::Tensor& output_bias) {
-  const PixelCNNRowShape s = check_pixelcnn_row(
-      values, known, uniforms, temperature, input_bias, block_bias, feature_table, input_weight,
-      reduce_weight, reduce_bias, conv_weight, expand_weight, expand_bias, hidden_weight,
-      hidden_bias, output_weight, output_bias);
-  TORCH_CHECK(input_weight.is_cuda(), "pixelcnn_row: input_weight must be a CUDA tensor, got ",
-              input_weight.device());
-  const c10::cuda::CUDAGuard guard(input_weight.device());
+    at::TensorList weights, bool check_levels) {
+  const char* op = "pixelcnn_row";
+  const PixelCNNRowWeights w = unpack_weights<PixelCNNRowWeights>(op, weights);
+  const PixelCNNRowShape s = check_pixelcnn_row(values, known, uniforms, temperature, input_bias,
+                                                block_bias, w, check_levels);
+  check_cuda(op, w.input_weight, "input_weight");
+  const c10::cuda::CUDAGuard guard(w.input_weight.device());
+  const PixelCNNRowWeights wc = contiguous_weights(w);
   const at::Tensor values_c = values.contiguous(), known_c = known.contiguous(),
-                   uniforms_c = uniforms.contiguous();
-  const at::Tensor t[] = {input_bias.contiguous(),    block_bias.contiguous(),
-                          feature_table.contiguous(), input_weight.contiguous(),
-                          reduce_weight.contiguous(), reduce_bias.contiguous(),
-                          conv_weight.contiguous(),   expand_weight.contiguous(),
-                          expand_bias.contiguous(),   hidden_weight.contiguous(),
-                          hidden_bias.contiguous(),   output_weight.contiguous(),
-                          output_bias.contiguous()};
+                   uniforms_c = uniforms.contiguous(), input_bias_c = input_bias.contiguous(),
+                   block_bias_c = block_bias.contiguous();
+  const at::TensorOptions options = w.input_weight.options();
   at::Tensor values_out = at::empty({s.batch, s.channels, s.width}, values.options());
-  at::Tensor logits = at::empty({s.batch, s.channels, s.width, s.levels}, input_weight.options());
-  at::Tensor reduce_rows = at::empty({s.blocks, s.batch, s.width, s.hidden}, input_weight.options());
+  at::Tensor logits = at::empty({s.batch, s.channels, s.width, s.levels}, options);
+  at::Tensor reduce_rows = at::empty({s.blocks, s.batch, s.width, s.hidden}, options);
   const Layout layout(s.pad, s.width, s.in_channels, s.blocks, s.hidden, s.wide);
-  TORCH_CHECK(layout.total <= kMaxIndex32, "pixelcnn_row: the row buffers of one image (",
-              layout.total, " values) are too large for 32-bit indexing");
-  at::Tensor scratch = at::zeros({s.batch, layout.total}, input_weight.options());
-  AT_DISPATCH_FLOATING_TYPES(input_weight.scalar_type(), "pixelcnn_row_cuda", [&] {
+  TORCH_CHECK_VALUE(layout.total <= kMaxIndex32, op, ": the row buffers of one image (",
+                    layout.total, " values) are too large for 32-bit indexing");
+  at::Tensor scratch = at::zeros({s.batch, layout.total}, options);
+  AT_DISPATCH_FLOATING_TYPES(w.input_weight.scalar_type(), "pixelcnn_row_cuda", [&] {
     Params<scalar_t> p{};
     p.values = values_c.const_data_ptr<int64_t>();
     p.known = known_c.const_data_ptr<bool>();
     p.uniforms = uniforms_c.const_data_ptr<double>();
     p.temperature = temperature;
-    p.input_bias = t[0].const_data_ptr<scalar_t>();
-    p.block_bias = t[1].const_data_ptr<scalar_t>();
-    p.feature_table = t[2].const_data_ptr<scalar_t>();
-    p.input_weight = t[3].const_data_ptr<scalar_t>();
-    p.reduce_weight = t[4].const_data_ptr<scalar_t>();
-    p.reduce_bias = t[5].const_data_ptr<scalar_t>();
-    p.conv_weight = t[6].const_data_ptr<scalar_t>();
-    p.expand_weight = t[7].const_data_ptr<scalar_t>();
-    p.expand_bias = t[8].const_data_ptr<scalar_t>();
-    p.hidden_weight = t[9].const_data_ptr<scalar_t>();
-    p.hidden_bias = t[10].const_data_ptr<scalar_t>();
-    p.output_weight = t[11].const_data_ptr<scalar_t>();
-    p.output_bias = t[12].const_data_ptr<scalar_t>();
+    p.input_bias = input_bias_c.const_data_ptr<scalar_t>();
+    p.block_bias = block_bias_c.const_data_ptr<scalar_t>();
+    p.w.set(wc);
     p.values_out = values_out.mutable_data_ptr<int64_t>();
     p.logits = logits.mutable_data_ptr<scalar_t>();
     p.reduce_rows = reduce_rows.mutable_data_ptr<scalar_t>();

@@ -36,8 +36,7 @@ struct Params {
   int64_t* samples;
   T* cache;
   const double* uniforms;
-  const T *input_weight, *input_bias, *dilated_weight, *gate_bias, *out_weight, *out_bias;
-  const T *head_weight1, *head_bias1, *head_weight2, *head_bias2;
+  WaveNetStepPointers<T> w;
   T* gated;   // (N, G/2): the current layer's gated units
   T* skip;    // (N, S): the running sum of the skip outputs
   T* hidden;  // (N, H): the head's hidden layer
@@ -125,14 +124,15 @@ __device__ void input_phase(const Params<T>& p) {
   for (int64_t i = first; i < int64_t(p.batch) * p.residual; i += threads) {
     const int64_t n = i / p.residual;
     const int c = static_cast<int>(i % p.residual);
-    T h = p.input_bias[c];
+    T h = p.w.input_bias[c];
     for (int j = 0; j < p.input_kernel_size; ++j) {
       const int64_t column = p.step - p.input_kernel_size + j;
       if (column < 0) continue;
       const int64_t level = p.samples[n * p.length + column];
-      CUDA_KERNEL_ASSERT(level >= -1 && level < p.levels);
-      if (level < 0 || level >= p.levels) continue;  // -1: a failed draw, adds nothing
-      h += p.input_weight[(int64_t(j) * p.levels + level) * p.residual + c];
+      // -1, a failed draw, adds nothing; so does an out-of-range value (user data: the
+      // host check rejects it unless the caller checked it; never a device assert).
+      if (level < 0 || level >= p.levels) continue;
+      h += p.w.input_weight[(int64_t(j) * p.levels + level) * p.residual + c];
     }
     layer_input(p, n, 0, p.step)[c] = h;
   }
@@ -171,7 +171,7 @@ __device__ __forceinline__ int tile_count(int columns, int batch) {
 template <typename T>
 __device__ void gate_phase(const Params<T>& p, int layer, T (*partial)[kTileRows][2][kTileCols]) {
   const int G = 2 * p.gate_half;
-  const T* w = p.dilated_weight + int64_t(layer) * p.kernel_size * p.residual * G;
+  const T* w = p.w.dilated_weight + int64_t(layer) * p.kernel_size * p.residual * G;
   const TapInput<T> x{&p, layer};
   for (int tile = blockIdx.x; tile < tile_count(p.gate_half, p.batch); tile += gridDim.x) {
     int n0, col;
@@ -182,7 +182,7 @@ __device__ void gate_phase(const Params<T>& p, int layer, T (*partial)[kTileRows
                        partial, z);
     const int n = n0 + static_cast<int>(threadIdx.x / 32);
     if (col_ok && n < p.batch) {
-      const T* gb = p.gate_bias + (int64_t(p.gate_bias_per_sequence ? n : 0) * p.layers + layer) * G;
+      const T* gb = p.w.gate_bias + (int64_t(p.gate_bias_per_sequence ? n : 0) * p.layers + layer) * G;
       p.gated[int64_t(n) * p.gate_half + col] =
           gated_unit(z[0] + gb[col], z[1] + gb[p.gate_half + col]);
     }
@@ -195,8 +195,8 @@ __device__ void residual_skip_phase(const Params<T>& p, int layer,
   const bool last = layer == p.layers - 1;
   const int first_col = last ? p.residual : 0;  // the last layer's residual is never used
   const int columns = p.residual_skip - first_col;
-  const T* w = p.out_weight + int64_t(layer) * p.gate_half * p.residual_skip + first_col;
-  const T* bias = p.out_bias + int64_t(layer) * p.residual_skip + first_col;
+  const T* w = p.w.out_weight + int64_t(layer) * p.gate_half * p.residual_skip + first_col;
+  const T* bias = p.w.out_bias + int64_t(layer) * p.residual_skip + first_col;
   const RowInput<T, false> x{p.gated, p.gate_half};
   for (int tile = blockIdx.x; tile < tile_count(columns, p.batch); tile += gridDim.x) {
     int n0, col;
@@ -268,10 +268,10 @@ __global__ void __launch_bounds__(kThreads)
         residual_skip_phase(p, layer, partial1);
       }
     } else if (phase == 2 * p.layers + 1) {
-      dense_phase(p, RowInput<T, true>{p.skip, p.skip_channels}, p.skip_channels, p.head_weight1,
-                  p.head_bias1, p.head, true, p.hidden, partial1);
+      dense_phase(p, RowInput<T, true>{p.skip, p.skip_channels}, p.skip_channels, p.w.head_weight1,
+                  p.w.head_bias1, p.head, true, p.hidden, partial1);
     } else if (phase == 2 * p.layers + 2) {
-      dense_phase(p, RowInput<T, false>{p.hidden, p.head}, p.head, p.head_weight2, p.head_bias2,
+      dense_phase(p, RowInput<T, false>{p.hidden, p.head}, p.head, p.w.head_weight2, p.w.head_bias2,
                   p.levels, false, p.logits, partial1);
     } else {
       draw_phase(p);
@@ -320,27 +320,19 @@ void launch(const Params<T>& p, int max_tiles, const at::Tensor& like) {
 
 at::Tensor wavenet_step_cuda(at::Tensor& samples, at::Tensor& cache, const at::Tensor& uniforms,
                              int64_t step, int64_t known_steps, double temperature,
-                             const at::Tensor& input_weight, const at::Tensor& input_bias,
-                             const at::Tensor& dilated_weight, const at::Tensor& gate_bias,
-                             const at::Tensor& out_weight, const at::Tensor& out_bias,
-                             const at::Tensor& head_weight1, const at::Tensor& head_bias1,
-                             const at::Tensor& head_weight2, const at::Tensor& head_bias2,
-                             at::IntArrayRef dilations) {
-  const WaveNetStepShape s = check_wavenet_step(
-      samples, cache, uniforms, step, known_steps, temperature, input_weight, input_bias,
-      dilated_weight, gate_bias, out_weight, out_bias, head_weight1, head_bias1, head_weight2,
-      head_bias2, dilations);
-  TORCH_CHECK(cache.is_cuda(), "wavenet_step: cache must be a CUDA tensor, got ", cache.device());
-  TORCH_CHECK(s.batch <= kMaxIndex32 && s.length <= kMaxIndex32 && s.levels <= kMaxIndex32 &&
-                  s.gate <= kMaxIndex32 && s.residual + s.skip <= kMaxIndex32 && s.head <= kMaxIndex32,
-              "wavenet_step: sizes must fit 32-bit integers");
+                             at::TensorList weights, at::IntArrayRef dilations, bool check_levels) {
+  const char* op = "wavenet_step";
+  const WaveNetStepWeights w = unpack_weights<WaveNetStepWeights>(op, weights);
+  const WaveNetStepShape s = check_wavenet_step(samples, cache, uniforms, step, known_steps,
+                                                temperature, w, dilations, check_levels);
+  check_cuda(op, cache, "cache");
+  TORCH_CHECK_VALUE(s.batch <= kMaxIndex32 && s.length <= kMaxIndex32 && s.levels <= kMaxIndex32 &&
+                        s.gate <= kMaxIndex32 && s.residual + s.skip <= kMaxIndex32 &&
+                        s.head <= kMaxIndex32,
+                    op, ": sizes must fit 32-bit integers");
   const c10::cuda::CUDAGuard guard(cache.device());
   at::Tensor samples_c = samples.contiguous(), cache_c = cache.contiguous();
-  const at::Tensor weights[] = {input_weight.contiguous(), input_bias.contiguous(),
-                                dilated_weight.contiguous(), gate_bias.contiguous(),
-                                out_weight.contiguous(), out_bias.contiguous(),
-                                head_weight1.contiguous(), head_bias1.contiguous(),
-                                head_weight2.contiguous(), head_bias2.contiguous()};
+  const WaveNetStepWeights wc = contiguous_weights(w);
   const at::Tensor uniforms_c = uniforms.contiguous();
   at::Tensor logits = at::empty({s.batch, s.levels}, cache.options());
   at::Tensor scratch = at::empty({s.batch, s.gate_half + s.skip + s.head}, cache.options());
@@ -354,16 +346,7 @@ at::Tensor wavenet_step_cuda(at::Tensor& samples, at::Tensor& cache, const at::T
     p.samples = samples_c.mutable_data_ptr<int64_t>();
     p.cache = cache_c.mutable_data_ptr<scalar_t>();
     p.uniforms = uniforms_c.const_data_ptr<double>();
-    p.input_weight = weights[0].const_data_ptr<scalar_t>();
-    p.input_bias = weights[1].const_data_ptr<scalar_t>();
-    p.dilated_weight = weights[2].const_data_ptr<scalar_t>();
-    p.gate_bias = weights[3].const_data_ptr<scalar_t>();
-    p.out_weight = weights[4].const_data_ptr<scalar_t>();
-    p.out_bias = weights[5].const_data_ptr<scalar_t>();
-    p.head_weight1 = weights[6].const_data_ptr<scalar_t>();
-    p.head_bias1 = weights[7].const_data_ptr<scalar_t>();
-    p.head_weight2 = weights[8].const_data_ptr<scalar_t>();
-    p.head_bias2 = weights[9].const_data_ptr<scalar_t>();
+    p.w.set(wc);
     p.gated = scratch.mutable_data_ptr<scalar_t>();
     p.skip = p.gated + s.batch * s.gate_half;
     p.hidden = p.skip + s.batch * s.skip;

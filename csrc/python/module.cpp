@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "../build_info.h"
+#include "../gated_pixelcnn_row.h"
 
 namespace {
 
@@ -24,6 +25,19 @@ py::dict build_info() {
   return info;
 }
 
+// For tests: the shared memory the CUDA gated_pixelcnn_row kernel is launched with, from
+// the same host function (computable without a GPU).
+py::tuple gated_row_shared_memory(int64_t channels, int64_t hidden, int64_t layers,
+                                  int64_t element_size) {
+  genfast::GatedRowShape s{};
+  s.channels = channels;
+  s.hidden = hidden;
+  s.layers = layers;
+  const genfast::GatedRowSharedMemory m =
+      genfast::gated_row_shared_memory(s, static_cast<size_t>(element_size));
+  return py::make_tuple(m.dynamic_bytes, m.static_bytes, m.needs_opt_in());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -31,4 +45,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info,
         "Facts of this build: torch version, whether CUDA kernels are compiled, CUDA version "
         "and architectures.");
+  m.def("_gated_row_shared_memory", &gated_row_shared_memory,
+        "(dynamic bytes, static bytes, needs the opt-in attribute) of one block of the CUDA "
+        "gated_pixelcnn_row kernel for (channels, hidden, layers, element size); for tests.");
 }

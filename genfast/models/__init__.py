@@ -1,5 +1,6 @@
 """Generative models built from genfast's layers: PixelCNN and Gated PixelCNN
-(autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2.
+(autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2,
+the VAE and the autoencoder (genfast.models.vae).
 
 The autoregressive models take integer images (N, channels, H, W) in [0, levels):
 model(x) gives logits (N, levels, channels, H, W), model.loss(x) the mean NLL in nats,
@@ -15,6 +16,7 @@ from genfast.models.autoregressive_image import AutoregressiveImageModel, nll
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
 from genfast.models.pixelcnn import PixelCNN
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
+from genfast.models.vae import AE, VAE, ELBOTerms
 from genfast.models.vqvae import VQVAE, VQVAE2
 from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode, mu_law_encode
 
@@ -49,6 +51,6 @@ def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
     return model.eval()
 
 
-__all__ = ["AutoregressiveImageModel", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "VQVAE",
+__all__ = ["AE", "AutoregressiveImageModel", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "VAE", "VQVAE",
            "VQVAE2", "WaveNet", "build_model", "dilation_cycles", "inverse_cdf", "load_model",
            "model_name", "mu_law_decode", "mu_law_encode", "nll", "sampling_uniforms"]

@@ -331,12 +331,16 @@ class AutoregressiveImageModel(nn.Module):
         (n, levels, channels, H, W)."""
         raise NotImplementedError
 
-    def _check_drawn(self, values: torch.Tensor, row: int) -> None:
-        """Raises naming the first sub-pixel of row `row` in sampling order (column,
-        colour, image) whose draw failed: a cached row op's value -1, non-finite logits."""
-        failed = (values < 0).permute(2, 1, 0).reshape(-1).nonzero()
+    def _check_drawn(self, x: torch.Tensor) -> None:
+        """Raises naming the first sub-pixel of the images x (n, channels, H, W) in sampling
+        order (row, column, colour, image) whose draw failed: a cached row op's value -1,
+        non-finite logits. Called once after the last row (one device->host sync per
+        sampling call, not one per row); the rows after a failure read it as level 0."""
+        failed = (x < 0).permute(2, 3, 1, 0).reshape(-1).nonzero()
         if failed.numel():
-            column, colour = divmod(failed[0].item() // values.shape[0], self.image_channels)
+            n, channels, _, width = x.shape
+            row, rest = divmod(failed[0].item() // n, width * channels)
+            column, colour = divmod(rest, channels)
             raise RuntimeError(f"{type(self).__name__}.sample: the network produced non-finite "
                                f"logits at row {row}, column {column}, colour {colour}")
 

@@ -250,16 +250,18 @@ class GatedPixelCNN(AutoregressiveImageModel):
         add_spatial_conditioning(0)
         rows = []  # each row's logits (n, C, W, levels), with keep_logits
         for i in range(height):
+            # x's known values were checked once per sample()/cached_logits call: no
+            # per-row check (a device->host sync); failed draws are reported after the loop.
             values, logits = gated_pixelcnn_row(x[:, :, i], known[:, :, i], u[i], temperature,
-                                                row_bias, weights, impl=impl)
+                                                row_bias, weights, impl=impl, check_levels=False)
             if keep_logits:
                 rows.append(logits)
-            self._check_drawn(values, i)
             x[:, :, i] = values
             if i == height - 1:
                 break
-            # The vertical stack on row i gives the links of row i + 1.
-            row_in = self.input_features(x[:, :, i:i + 1])
+            # The vertical stack on row i gives the links of row i + 1 (a failed draw's -1
+            # reads as level 0: the sample raises at the end anyway).
+            row_in = self.input_features(x[:, :, i:i + 1].clamp(min=0))
             cond_row = None if cond is None else cond[:, :, i:i + 1]
             for l, layer in enumerate(self.layers):
                 rings[l][:, :, i % (p + 1), p:p + width] = row_in[:, :, 0]
@@ -271,5 +273,6 @@ class GatedPixelCNN(AutoregressiveImageModel):
                 if l < len(self.layers) - 1:
                     row_in = gate(v_pre, 1, impl)
             add_spatial_conditioning(i + 1)
+        self._check_drawn(x)
         # (H, n, C, W, levels) -> (n, levels, C, H, W), the layout of forward's logits.
         return torch.stack(rows).permute(1, 4, 2, 0, 3) if keep_logits else None

@@ -161,7 +161,8 @@ class PixelCNN(AutoregressiveImageModel):
         for i in range(height):
             row_bias = input_bias.expand(n, width, -1)
             if p:
-                feats = self.input_features(x[:, :, max(0, i - p):i])
+                # A failed draw's -1 reads as level 0 (the sample raises at the end anyway).
+                feats = self.input_features(x[:, :, max(0, i - p):i].clamp(min=0))
                 feats = F.pad(feats, (p, p, p - feats.shape[2], 0))          # zeros outside the image
                 windows = feats.unfold(3, 2 * p + 1, 1).permute(0, 3, 1, 2, 4).reshape(n, width, -1)
                 row_bias = torch.baddbmm(row_bias, windows, input_above.expand(n, -1, -1))
@@ -172,12 +173,15 @@ class PixelCNN(AutoregressiveImageModel):
                 block_bias = taps[:, :, :, 1] + conv_bias                  # column j
                 block_bias[:, :, 1:] += taps[:, :, :-1, 0]                 # column j - 1
                 block_bias[:, :, :-1] += taps[:, :, 1:, 2]                 # column j + 1
+            # x's known values were checked once per sample()/cached_logits call: no
+            # per-row check (a device->host sync); failed draws are reported after the loop.
             values, logits, reduce_rows = pixelcnn_row(
-                x[:, :, i], known[:, :, i], u[i], temperature, row_bias, block_bias, weights, impl=impl)
-            self._check_drawn(values, i)
+                x[:, :, i], known[:, :, i], u[i], temperature, row_bias, block_bias, weights, impl=impl,
+                check_levels=False)
             x[:, :, i] = values
             if keep_logits:
                 kept.append(logits)
+        self._check_drawn(x)
         if keep_logits:
             return torch.stack(kept, dim=2).permute(0, 4, 1, 2, 3)  # (N, C, H, W, L) -> (N, L, C, H, W)
         return None

@@ -1,6 +1,12 @@
 """The inverse-CDF draw of every genfast sampler (the Python twin of
 csrc/sampling_math.h): the models' samplers and the reference twins of the
-cached-sampling ops turn logits and uniforms into levels with it."""
+cached-sampling ops turn logits and uniforms into levels with it.
+
+The compiled kernels compute the weights with their own exp (draw_exp, the same
+IEEE operations on the CPU and the GPU, so their draws are bit-identical); torch.exp
+may differ from it by an ulp, so inverse_cdf and the kernels draw the same level
+except when a uniform lies within a few ulps of a CDF step. exact_draw below is the
+kernels' arithmetic, operation for operation, for the tests."""
 from __future__ import annotations
 
 import torch
@@ -27,3 +33,59 @@ def draw_from_logits(logits: torch.Tensor, u: torch.Tensor, temperature: float =
     (the kernel's marker of a failed draw)."""
     value = inverse_cdf(logits, u, temperature)
     return torch.where(torch.isfinite(logits).all(dim=-1), value, torch.full_like(value, -1))
+
+
+# ---- the kernels' exact arithmetic (csrc/sampling_math.h), for tests -----------------
+
+def _fma(a: float, b: float, c: float) -> float:
+    """a * b + c rounded once (exact rational arithmetic; int / int division in Python
+    rounds correctly)."""
+    from fractions import Fraction
+    if a == 0.0 or b == 0.0:
+        return a * b + c  # the signs of zeros as IEEE fma gives them
+    exact = Fraction(a) * Fraction(b) + Fraction(c)
+    return exact.numerator / exact.denominator if exact else a * b + c
+
+
+_TAYLOR = [1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
+           1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0]
+
+
+def draw_exp(x: float) -> float:
+    """csrc/sampling_math.h's draw_exp, operation for operation: e^x within ~1 ulp."""
+    import math
+    if not x > -700.0:
+        return 0.0
+    n = float(round(x * float.fromhex("0x1.71547652b82fep0")))  # round half to even, as rint
+    r = _fma(-n, float.fromhex("0x1.a39ef35793c76p-33"), _fma(-n, float.fromhex("0x1.62e42feep-1"), x))
+    p = _TAYLOR[0]
+    for coefficient in _TAYLOR[1:]:
+        p = _fma(p, r, coefficient)
+    return math.ldexp(p, int(n))
+
+
+def exact_cdf(logits: list[float], temperature: float = 1.0) -> list[float] | None:
+    """csrc/sampling_math.h's running sums of the weights e^(z - max z) in Python floats
+    (None when a logit is not finite)."""
+    import math
+    if not all(math.isfinite(v) for v in logits):
+        return None
+    z = [v / temperature for v in logits]
+    z_max = max(z)
+    cdf, total = [], 0.0
+    for zi in z:
+        total += draw_exp(zi - z_max)
+        cdf.append(total)
+    return cdf
+
+
+def exact_draw(logits: list[float], u: float, temperature: float = 1.0,
+               cdf: list[float] | None = None) -> int:
+    """csrc/sampling_math.h's inverse_cdf_draw in Python floats: the kernels of every
+    backend draw exactly this level (-1: a non-finite logit). cdf: exact_cdf(logits,
+    temperature) when already computed."""
+    cdf = exact_cdf(logits, temperature) if cdf is None else cdf
+    if cdf is None:
+        return -1
+    threshold = u * cdf[-1]
+    return min(sum(1 for c in cdf if c <= threshold), len(cdf) - 1)

@@ -105,11 +105,15 @@ def check_gated_pixelcnn_row(prefix, known, uniforms, temperature, row_bias,
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             _fail(ValueError, f"{name} must have shape {shape}, got {tuple(tensors[name].shape)}")
-    # A data-dependent check: under torch.compile the kernel's own check reports it.
-    if not torch.compiler.is_compiling() and (known & ((prefix < 0) | (prefix >= levels))).any():
-        _fail(ValueError, f"prefix must hold levels in [0, {levels}) wherever known is true")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         _fail(ValueError, f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def check_known_levels(prefix, known, levels: int) -> None:
+    """The data-dependent check (one device->host sync): the known prefix values are
+    levels. The compiled op runs the same check in C++ when check_levels is true."""
+    if (known & ((prefix < 0) | (prefix >= levels))).any():
+        _fail(ValueError, f"prefix must hold levels in [0, {levels}) wherever known is true")
 
 
 def gated_pixelcnn_row_reference(prefix: torch.Tensor, known: torch.Tensor, uniforms: torch.Tensor,
@@ -147,7 +151,9 @@ def gated_pixelcnn_row_reference(prefix: torch.Tensor, known: torch.Tensor, unif
             out = torch.addmm(w.head_bias2, hidden, w.head_weight2).view(n, c, levels)[:, colour]
             logits[:, colour, j] = out
             drawn = draw_from_logits(out, uniforms[j, colour], temperature)
-            value = torch.where(known[:, colour, j], prefix[:, colour, j], drawn)
+            given = prefix[:, colour, j]  # an unchecked out-of-range value reads as -1
+            given = torch.where((given >= 0) & (given < levels), given, -1)
+            value = torch.where(known[:, colour, j], given, drawn)
             values[:, colour, j] = value
             feature = w.feature_table[value.clamp(min=0)] * (value >= 0).unsqueeze(1).to(dtype)
             inputs[0][:, j + pad, colour * e:(colour + 1) * e] = feature
@@ -156,21 +162,27 @@ def gated_pixelcnn_row_reference(prefix: torch.Tensor, known: torch.Tensor, unif
 
 def gated_pixelcnn_row(prefix: torch.Tensor, known: torch.Tensor, uniforms: torch.Tensor,
                        temperature: float, row_bias: torch.Tensor, weights: GatedRowWeights, *,
-                       impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                       impl: str = "auto", check_levels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples one image row (see the module docstring); returns (values, logits).
-    impl: "auto" (compiled kernel when available, else the reference), "ext" or "reference"."""
+    impl: "auto" (compiled kernel when available, else the reference), "ext" or "reference".
+    check_levels: check that the known prefix values are levels (a device->host sync on
+    a GPU); a sampler that checked its images once passes False, and an unchecked
+    out-of-range known value then reads as -1 (a failed sub-pixel)."""
     check_gated_pixelcnn_row(prefix, known, uniforms, temperature, row_bias, weights)
     if not _backend.use_extension("gated_pixelcnn_row", impl, row_bias, KERNEL_DTYPES):
+        if check_levels and not torch.compiler.is_compiling():
+            check_known_levels(prefix, known, weights.feature_table.shape[0])
         return gated_pixelcnn_row_reference(prefix, known, uniforms, temperature, row_bias, weights)
-    return torch.ops.genfast.gated_pixelcnn_row(prefix, known, uniforms, float(temperature),
-                                                weights.feature_table, row_bias, *weights[1:])
+    return torch.ops.genfast.gated_pixelcnn_row(prefix, known, uniforms, float(temperature), row_bias,
+                                                list(weights), bool(check_levels))
 
 
 def _register_fake() -> None:
     @torch.library.register_fake("genfast::gated_pixelcnn_row")
-    def _(prefix, known, uniforms, temperature, feature_table, row_bias, *weights):  # noqa: ARG001
+    def _(prefix, known, uniforms, temperature, row_bias, weights, check_levels=True):  # noqa: ARG001
+        w = GatedRowWeights(*weights)
         n, c, width = prefix.shape
-        return prefix.new_empty(prefix.shape), row_bias.new_empty((n, c, width, feature_table.shape[0]))
+        return prefix.new_empty(prefix.shape), row_bias.new_empty((n, c, width, w.feature_table.shape[0]))
 
 
 if _backend.LIBRARY_LOADED:

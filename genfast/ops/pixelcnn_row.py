@@ -120,8 +120,12 @@ def check_pixelcnn_row(values, known, uniforms, temperature, input_bias, block_b
             _fail(ValueError, f"{name} must have shape {expected[name]}, got {tuple(t.shape)}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         _fail(ValueError, f"temperature must be a finite number > 0, got {temperature!r}")
-    # A data-dependent check: under torch.compile the kernel's own check reports it.
-    if not torch.compiler.is_compiling() and (known & ((values < 0) | (values >= levels))).any():
+
+
+def check_known_levels(values, known, levels: int) -> None:
+    """The data-dependent check (one device->host sync): the known values are levels.
+    The compiled op runs the same check in C++ when check_levels is true."""
+    if (known & ((values < 0) | (values >= levels))).any():
         _fail(ValueError, f"known values must be levels in [0, {levels})")
 
 
@@ -164,8 +168,9 @@ def pixelcnn_row_reference(values: torch.Tensor, known: torch.Tensor, uniforms: 
                                                    w.hidden_weight[:kw, cols]))
             lg = torch.addmm(w.output_bias[lcols], out_hidden[:, :kw], w.output_weight[:kw, lcols])
             logits[:, c, j] = lg
-            level = torch.where(known[:, c, j], values[:, c, j],
-                                draw_from_logits(lg, uniforms[j, c], temperature))
+            given = values[:, c, j]  # an unchecked out-of-range value reads as -1
+            given = torch.where((given >= 0) & (given < levels), given, -1)
+            level = torch.where(known[:, c, j], given, draw_from_logits(lg, uniforms[j, c], temperature))
             out_values[:, c, j] = level
             feature = w.feature_table[level.clamp(min=0)] * (level >= 0).unsqueeze(1).to(feats.dtype)
             feats[:, pad + j, c * features:(c + 1) * features] = feature
@@ -174,31 +179,35 @@ def pixelcnn_row_reference(values: torch.Tensor, known: torch.Tensor, uniforms: 
 
 def pixelcnn_row(values: torch.Tensor, known: torch.Tensor, uniforms: torch.Tensor,
                  temperature: float, input_bias: torch.Tensor, block_bias: torch.Tensor,
-                 weights: PixelCNNRowWeights, *, impl: str = "auto"):
+                 weights: PixelCNNRowWeights, *, impl: str = "auto", check_levels: bool = True):
     """One row of PixelCNN's cached sampler (see the module docstring): returns
     (values (N, C, W) int64, logits (N, C, W, L), reduce_rows (B, N, W, Hd)).
     Sub-pixel (j, c) of image b keeps values[b, c, j] where known[b, c, j], else takes
     draw_from_logits(its logits, uniforms[j, c, b], temperature) (-1 for non-finite
     logits; such a sub-pixel feeds zero features to the later ones).
     impl: "auto" (compiled kernel when available, else the reference), "ext" or "reference".
+    check_levels: check that the known values are levels (a device->host sync on a GPU);
+    a sampler that checked its images once passes False, and an unchecked out-of-range
+    known value then reads as -1.
     """
     check_pixelcnn_row(values, known, uniforms, temperature, input_bias, block_bias, weights)
     if not _backend.use_extension("pixelcnn_row", impl, weights.input_weight, KERNEL_DTYPES):
+        if check_levels and not torch.compiler.is_compiling():
+            check_known_levels(values, known, weights.feature_table.shape[0])
         return pixelcnn_row_reference(values, known, uniforms, temperature, input_bias, block_bias, weights)
     return torch.ops.genfast.pixelcnn_row(values, known, uniforms, float(temperature), input_bias,
-                                          block_bias, *weights)
+                                          block_bias, list(weights), bool(check_levels))
 
 
 def _register_fake() -> None:
     @torch.library.register_fake("genfast::pixelcnn_row")
-    def _(values, known, uniforms, temperature, input_bias, block_bias, feature_table, input_weight,
-          reduce_weight, reduce_bias, conv_weight, expand_weight, expand_bias, hidden_weight,
-          hidden_bias, output_weight, output_bias):
+    def _(values, known, uniforms, temperature, input_bias, block_bias, weights, check_levels=True):
+        w = PixelCNNRowWeights(*weights)
         n, channels, width = values.shape
-        blocks, _, hidden = reduce_weight.shape
+        blocks, _, hidden = w.reduce_weight.shape
         return (values.new_empty((n, channels, width)),
-                input_weight.new_empty((n, channels, width, feature_table.shape[0])),
-                input_weight.new_empty((blocks, n, width, hidden)))
+                w.input_weight.new_empty((n, channels, width, w.feature_table.shape[0])),
+                w.input_weight.new_empty((blocks, n, width, hidden)))
 
 
 if _backend.LIBRARY_LOADED:

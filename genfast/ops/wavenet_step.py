@@ -72,6 +72,10 @@ class WaveNetWeights(NamedTuple):
     def levels(self) -> int:
         return self.input_weight.shape[1]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every field but dilations, in order: the op's `weights` argument."""
+        return list(self[:-1])
+
     def ring_lengths(self) -> list[int]:
         return [(self.kernel_size - 1) * d + 1 for d in self.dilations]
 
@@ -139,6 +143,18 @@ def check_wavenet_step(samples, cache, uniforms, step, known_steps, temperature,
         _fail(ValueError, f"temperature must be a finite number > 0, got {temperature!r}")
 
 
+def check_samples(samples: torch.Tensor, levels: int, first: int, end: int) -> None:
+    """The data-dependent check (one device->host sync): samples[:, first:end] hold levels
+    or -1 (a failed draw). The compiled op runs it in C++ for the columns a step reads
+    when check_levels is true."""
+    window = samples[:, first:end]
+    bad = ((window < -1) | (window >= levels)).nonzero()
+    if bad.numel():
+        row, column = bad[0].tolist()
+        _fail(ValueError, f"samples must hold levels (or -1, a failed draw); samples[{row}, "
+                          f"{first + column}] = {window[row, column].item()} is not a level in [0, {levels})")
+
+
 def wavenet_step_reference(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.Tensor,
                            step: int, known_steps: int, temperature: float,
                            weights: WaveNetWeights) -> torch.Tensor:
@@ -182,15 +198,15 @@ def wavenet_step_reference(samples: torch.Tensor, cache: torch.Tensor, uniforms:
     return logits
 
 
-def _ext_args(samples, cache, uniforms, step, known_steps, temperature, w: WaveNetWeights):
-    return (samples, cache, uniforms, step, known_steps, float(temperature), w.input_weight, w.input_bias,
-            w.dilated_weight, w.gate_bias, w.out_weight, w.out_bias, w.head_weight1, w.head_bias1,
-            w.head_weight2, w.head_bias2, list(w.dilations))
+def _ext_args(samples, cache, uniforms, step, known_steps, temperature, w: WaveNetWeights,
+              check_levels: bool):
+    return (samples, cache, uniforms, step, known_steps, float(temperature), w.tensors(), list(w.dilations),
+            bool(check_levels))
 
 
 def wavenet_step(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.Tensor, step: int,
                  known_steps: int, temperature: float, weights: WaveNetWeights, *,
-                 impl: str = "auto") -> torch.Tensor:
+                 impl: str = "auto", check_levels: bool = True) -> torch.Tensor:
     """One sampling step t = `step` of a WaveNet for N sequences.
 
     Reads samples[:, t - k_in : t] (the input of time t is sample t - 1), writes layer
@@ -200,12 +216,17 @@ def wavenet_step(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.Ten
     are not finite). Earlier steps must have run on the same cache, from a zero cache
     at step 0.
     impl: "auto" (compiled kernel when available, else the reference), "ext" or "reference".
+    check_levels: check that the samples the step reads (columns step - k_in .. step - 1)
+    are levels or -1 (a device->host sync on a GPU); unchecked, an out-of-range sample
+    adds nothing, like a -1.
     """
     check_wavenet_step(samples, cache, uniforms, step, known_steps, temperature, weights)
     if not _backend.use_extension("wavenet_step", impl, cache, KERNEL_DTYPES):
+        if check_levels and not torch.compiler.is_compiling():
+            check_samples(samples, weights.levels, max(0, step - weights.input_weight.shape[0]), step)
         return wavenet_step_reference(samples, cache, uniforms, step, known_steps, temperature, weights)
     return torch.ops.genfast.wavenet_step(*_ext_args(samples, cache, uniforms, step, known_steps,
-                                                    temperature, weights))
+                                                    temperature, weights, check_levels))
 
 
 def wavenet_stepper(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.Tensor,
@@ -213,13 +234,15 @@ def wavenet_stepper(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.
                     impl: str = "auto") -> Callable[[int], torch.Tensor]:
     """`step(t) -> logits`, the same as wavenet_step(samples, cache, ..., t, ...) but with the
     arguments checked and the implementation chosen once: a sampling loop's per-step cost
-    is the op call alone."""
+    is the op call alone: every sample is checked once here (levels or -1), so the steps
+    skip the op's per-step check (and its device->host sync)."""
     check_wavenet_step(samples, cache, uniforms, 0, known_steps, temperature, weights)
+    check_samples(samples, weights.levels, 0, samples.shape[1])
     if not _backend.use_extension("wavenet_step", impl, cache, KERNEL_DTYPES):
         return lambda t: wavenet_step_reference(samples, cache, uniforms, t, known_steps, temperature,
                                                 weights)
     op = torch.ops.genfast.wavenet_step.default
-    args = list(_ext_args(samples, cache, uniforms, 0, known_steps, temperature, weights))
+    args = list(_ext_args(samples, cache, uniforms, 0, known_steps, temperature, weights, False))
 
     def step(t: int) -> torch.Tensor:
         args[3] = t
@@ -230,10 +253,9 @@ def wavenet_stepper(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.
 
 def _register_fake() -> None:
     @torch.library.register_fake("genfast::wavenet_step")
-    def _(samples, cache, uniforms, step, known_steps, temperature, input_weight, input_bias,
-          dilated_weight, gate_bias, out_weight, out_bias, head_weight1, head_bias1, head_weight2,
-          head_bias2, dilations):
-        return cache.new_empty((samples.shape[0], input_weight.shape[1]))
+    def _(samples, cache, uniforms, step, known_steps, temperature, weights, dilations, check_levels=True):
+        w = WaveNetWeights(*weights, dilations=tuple(dilations))
+        return cache.new_empty((samples.shape[0], w.levels))
 
 
 if _backend.LIBRARY_LOADED:

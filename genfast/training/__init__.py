@@ -5,4 +5,5 @@ genfast.training.checkpoint.
 - vqvae: VQ-VAE / VQ-VAE-2, and the Gated PixelCNN priors over their codes
 - wgan_gp: WGAN-GP on the 8-Gaussians ring or the 16x16 digits
 - wavenet: WaveNet on the synthesised signal
+- vae: VAE / AE and their perceptual and VAE-GAN variants
 """

@@ -22,6 +22,7 @@ KINDS = {
     "vqvae": "`genfast train vqvae`",
     "wgan-gp": "`genfast train wgan-gp`",
     "wavenet": "`genfast train wavenet`",
+    "vae": "`genfast train vae` (genfast.training.vae)",
 }
 
 
