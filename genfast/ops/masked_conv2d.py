@@ -145,14 +145,20 @@ _PYTORCH_ALGORITHMS = ("decomposed", "dense")
 _NONDETERMINISTIC: set[tuple[str, str, str]] = set()
 
 
+def _mask_like(weight_shape, mask_type: str, color_groups: int, like: torch.Tensor) -> torch.Tensor:
+    """The mask of a weight of this shape, in like's dtype and on its device."""
+    return masked_conv2d_mask(in_channels=weight_shape[1], out_channels=weight_shape[0],
+                              kernel_size=tuple(weight_shape[2:]), mask_type=mask_type,
+                              color_groups=color_groups, dtype=like.dtype, device=like.device)
+
+
 def _center_column_mask(weight: torch.Tensor, mask_type: str, color_groups: int):
     """The centre tap's (C_out, C_in) 0/1 mask as a tensor, or True / False when it is
     all ones / all zeros (one colour group)."""
     if color_groups == 1:
         return mask_type == "B"
     kh, kw = weight.shape[2:]
-    return masked_conv2d_mask(weight.shape[0], weight.shape[1], (kh, kw), mask_type, color_groups,
-                              dtype=weight.dtype, device=weight.device)[:, :, kh // 2, kw // 2]
+    return _mask_like(weight.shape, mask_type, color_groups, weight)[:, :, kh // 2, kw // 2]
 
 
 def _decomposed_parts(weight: torch.Tensor, mask_type: str, color_groups: int, dilation, input_hw):
@@ -228,8 +234,7 @@ def _grad_input(algorithm, grad_output, input_shape, weight, dilation, mask_type
         return torch.ops.genfast.masked_conv2d_grad_input(grad_output, weight, [dh, dw], mask_type,
                                                           color_groups)
     if algorithm == "dense":
-        mask = masked_conv2d_mask(weight.shape[0], weight.shape[1], (kh, kw), mask_type, color_groups,
-                                  dtype=weight.dtype, device=weight.device)
+        mask = _mask_like(weight.shape, mask_type, color_groups, weight)
         return _conv_backward(grad_output, _expanded(grad_output, input_shape), weight * mask,
                               (dh, dw), (dh * (kh // 2), dw * (kw // 2)), (True, False, False))[0]
     grad = None
@@ -251,8 +256,7 @@ def _grad_weight(algorithm, grad_output, input, weight_shape, dilation, mask_typ
     if algorithm == "live_tap":
         return torch.ops.genfast.masked_conv2d_grad_weight(grad_output, input, [kh, kw], [dh, dw],
                                                            mask_type, color_groups)
-    mask = masked_conv2d_mask(weight_shape[0], weight_shape[1], (kh, kw), mask_type, color_groups,
-                              dtype=input.dtype, device=input.device)
+    mask = _mask_like(weight_shape, mask_type, color_groups, input)
     if algorithm == "dense":
         grad = _conv_backward(grad_output, input, _expanded(input, weight_shape), (dh, dw),
                               (dh * (kh // 2), dw * (kw // 2)), (False, True, False))[1]
