@@ -320,27 +320,21 @@ def heuristic_algorithm(phase: str, device_type: str, dtype: torch.dtype, input_
     """The choice when no timing may happen (GENFAST_AUTOTUNE=0, deterministic mode,
     torch.compile tracing or CUDA graph capture with a signature never timed).
 
-    CPU (measured on an Intel Xeon with AVX-512/AMX, torch 2.14, 2 threads; see
-    docs/masked-conv-algorithms.md): genfast's live-tap kernels won the forward and the
-    input gradient on nearly every benchmark and model layer; the weight gradient went to
-    the dense convolution of weight * mask (oneDNN) on the large benchmark layers (at
-    least 64 channels in and out, 3x3 or larger, 16384 or more output pixels per batch)
-    and to the live-tap kernel on the models' smaller layers. The decomposition paid
-    for its extra oneDNN calls (each reorders its input and output to oneDNN's blocked
-    layout) and won only a few tiny 1x1 colour-masked cases. Without a kernel for the
-    dtype (e.g. bfloat16 on the CPU) the dense convolution.
+    CPU (measured on an Intel Xeon with AVX-512/AMX, torch 2.14, 2 threads, in a quiet
+    window; see docs/masked-conv-algorithms.md): genfast's live-tap kernels won the
+    input gradient on 4 of the 5 benchmark layers and the forward on 3 of 5; the
+    decomposition won the weight gradient on 4 of 5. Without a kernel for the dtype
+    (e.g. bfloat16 on the CPU) the PyTorch algorithm next in that order.
     CUDA: the decomposition, whose dense sub-kernels cuDNN runs on tensor cores (TF32 /
     bf16 / fp16), while genfast's CUDA kernel is a SIMT implicit GEMM without them (not
     measured here: no GPU; time it with GENFAST_AUTOTUNE=1, the default).
     """
     if phase not in PHASES:
         raise ValueError(f"masked_conv2d: phase must be one of {PHASES}, got {phase!r}")
-    n, c_in, h, w = input_shape
-    c_out, _, kh, kw = weight_shape
     if device_type == "cuda":
         order = ("decomposed", "dense", "live_tap")
-    elif phase == "grad_weight" and c_in >= 64 and c_out >= 64 and kh * kw >= 9 and n * h * w >= 16384:
-        order = ("dense", "live_tap", "decomposed")
+    elif phase == "grad_weight":
+        order = ("decomposed", "live_tap", "dense")
     else:
         order = ("live_tap", "dense", "decomposed")
     return next((a for a in order if a in eligible), order[0])
