@@ -1,12 +1,17 @@
 """masked_conv2d against the peers a PixelCNN user would otherwise run:
 F.conv2d with weight * mask (every public PixelCNN; the baseline) and PixelCNN++-style
-shifted dense convolutions (the masked kernel split into dense sub-kernels)."""
+shifted dense convolutions (the masked kernel split into dense sub-kernels), and
+genfast's own algorithms one by one (live_tap, decomposed, dense) next to
+algorithm="auto", which should be within a few percent of the fastest of them. Each
+genfast row records in extra_info["algorithms"] what ran per phase (for "auto": what the
+autotuner chose on this machine)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import record, synced
 
 from genfast.ops import masked_conv2d, masked_conv2d_reference
+from genfast.ops.masked_conv2d import chosen_algorithms
 
 # (batch, in_channels, out_channels, kernel, mask): layers of real models at 32x32.
 CASES = [
@@ -35,8 +40,15 @@ def shifted_dense_conv2d(x, weight, bias, mask_type):
     return out + bias.view(1, -1, 1, 1)
 
 
+def genfast(algorithm):
+    return lambda x, w, b, m: masked_conv2d(x, w, b, mask_type=m, algorithm=algorithm)
+
+
 IMPLS = {
-    "genfast": lambda x, w, b, m: masked_conv2d(x, w, b, mask_type=m, impl="ext"),
+    "genfast auto": genfast("auto"),
+    "genfast live_tap": genfast("live_tap"),
+    "genfast decomposed": genfast("decomposed"),
+    "genfast dense": genfast("dense"),
     "F.conv2d(weight*mask)": lambda x, w, b, m: masked_conv2d_reference(x, w, b, mask_type=m),
     "shifted dense convs (PixelCNN++)": shifted_dense_conv2d,
 }
@@ -77,5 +89,12 @@ def test_masked_conv2d(benchmark, bench_device, quick, impl, mode, case, dtype):
     record(benchmark, group, impl, baseline=impl == "F.conv2d(weight*mask)")
     if bench_device == "cuda":
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
+    if impl.startswith("genfast"):
+        algorithm = impl.removeprefix("genfast ")
+        ran = (chosen_algorithms(x, w, mask_type=mask_type) if algorithm == "auto"
+               else dict.fromkeys(("forward", "grad_input", "grad_weight"), algorithm))
+        if mode == "fwd":
+            ran = {"forward": ran["forward"]}
+        benchmark.extra_info["algorithms"] = ran
     rounds = 20 if bench_device == "cuda" else (3 if quick else 5)
     benchmark.pedantic(synced(step, bench_device), rounds=rounds, warmup_rounds=1)

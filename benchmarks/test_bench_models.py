@@ -1,12 +1,18 @@
 """PixelCNN and Gated PixelCNN: a training step (forward + backward) with genfast's
 masked layers against the same model whose masked layers run F.conv2d(weight * mask)
-(impl="reference", what public PixelCNNs do; the baseline). Sampling is measured in
+(impl="reference", what public PixelCNNs do; the baseline). genfast's layers run
+algorithm="auto" (the autotuner's choice per layer and phase; extra_info["algorithms"]
+counts what it chose) and, for comparison, the live-tap kernels only. Sampling is measured in
 test_bench_gated_pixelcnn_row.py and test_bench_pixelcnn_row.py."""
+from collections import Counter
+
 import pytest
 import torch
 from conftest import record, synced
 
 from genfast.models import GatedPixelCNN, PixelCNN
+from genfast.nn import MaskedConv2d
+from genfast.ops import _autotune
 
 # (model, channels, side, config, batch): grey digits-sized and CIFAR-sized RGB models.
 TRAIN_CASES = [
@@ -16,7 +22,9 @@ TRAIN_CASES = [
     ("gated-pixelcnn", 3, 32, dict(hidden_channels=96, num_layers=8, kernel_size=5), 8),
 ]
 QUICK_TRAIN_CASES = TRAIN_CASES[:2]
-IMPLS = {"genfast": "ext", "F.conv2d(weight*mask)": "reference"}
+# name -> (impl, algorithm of every masked layer)
+IMPLS = {"genfast": ("auto", "auto"), "genfast live_tap only": ("ext", "live_tap"),
+         "F.conv2d(weight*mask)": ("reference", "auto")}
 MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
 
 
@@ -24,15 +32,18 @@ def case_id(case):
     return f"{case[0]}-{case[1]}x{case[2]}"
 
 
-def build(name, channels, side, config, levels, impl, device):
+def build(name, channels, side, config, levels, impl, algorithm, device):
     torch.manual_seed(0)
     model = MODELS[name](image_channels=channels, levels=levels, image_size=side, impl=impl, **config)
+    for module in model.modules():
+        if isinstance(module, MaskedConv2d):
+            module.algorithm = algorithm
     return model.to(device)
 
 
 def describe(name, config):
     depth = config.get("num_layers", config.get("num_blocks"))
-    return f"{name} h{config['hidden']}x{depth}"
+    return f"{name} h{config['hidden_channels']}x{depth}"
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -41,7 +52,7 @@ def test_train_step(benchmark, bench_device, quick, impl, case):
     if quick and case not in QUICK_TRAIN_CASES:
         pytest.skip("not in --quick")
     name, channels, side, config, batch = case
-    model = build(name, channels, side, config, 256, IMPLS[impl], bench_device)
+    model = build(name, channels, side, config, 256, *IMPLS[impl], bench_device)
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (batch, channels, side, side), generator=gen).to(bench_device)
 
@@ -54,6 +65,10 @@ def test_train_step(benchmark, bench_device, quick, impl, case):
     record(benchmark, group, impl, baseline=impl == "F.conv2d(weight*mask)")
     if bench_device == "cuda":
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
+    before = set(_autotune.choices())
+    step()  # the autotuner times each new layer signature here, outside the timed rounds
+    new = [e for k, e in _autotune.choices().items() if k not in before]
+    benchmark.extra_info["algorithms"] = dict(Counter(f"{e['phase']}:{e['algorithm']}" for e in new))
     rounds = 10 if bench_device == "cuda" else (2 if quick else 3)
     benchmark.pedantic(synced(step, bench_device), rounds=rounds, warmup_rounds=1)
 

@@ -11,8 +11,13 @@ __version__ = "0.1.0"
 
 
 def backend_info() -> dict:
-    """What is compiled, and what each op will run on each device under impl="auto"."""
+    """What is compiled, what each op will run on each device under impl="auto", and
+    the algorithm choices the autotuner made in this process or finds in its cache
+    file (GENFAST_AUTOTUNE_CACHE): "autotune" -> {"enabled", "cache_file", "choices":
+    {key: {"op", "phase", "algorithm", "timings_ms", "source"}}}."""
     import torch
+
+    from genfast.ops import _autotune
 
     return {
         "genfast_version": __version__,
@@ -22,6 +27,8 @@ def backend_info() -> dict:
         "forced_impl": _backend.FORCED_IMPL,
         "cuda_available": torch.cuda.is_available(),
         "ops": {op: {d: _backend.describe(op, d) for d in ("cpu", "cuda")} for op in ops.OPS},
+        "autotune": {"enabled": _autotune.ENABLED, "cache_file": _autotune.CACHE_PATH,
+                     "choices": _autotune.choices(read_file=True)},
     }
 
 

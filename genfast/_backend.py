@@ -79,7 +79,7 @@ def use_extension(op: str, impl: str, tensor: torch.Tensor, dtypes: dict) -> boo
         return True
     if impl == "ext":
         raise RuntimeError(f"{op}: impl='ext' was asked for but {reason}")
-    if reason not in _warned:
+    if reason not in _warned and not torch.compiler.is_compiling():  # dynamo cannot trace warn
         _warned.add(reason)
         warnings.warn(f"genfast: using the pure-PyTorch reference implementation: {reason}",
                       RuntimeWarning, stacklevel=3)

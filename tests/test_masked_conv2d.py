@@ -1,5 +1,7 @@
 """masked_conv2d: kernels against the reference, masks against hand-written tables,
-receptive field, autograd, opcheck, torch.compile and bad input."""
+receptive field, autograd, opcheck, torch.compile and bad input. The kernels are
+pinned with algorithm="live_tap" ("auto" may pick a PyTorch algorithm; those are tested
+in test_masked_conv2d_algorithms.py)."""
 import random
 
 import pytest
@@ -53,7 +55,7 @@ CASES = [(torch.float64, seed) for seed in range(24)] + [(torch.float32, 100 + s
 @pytest.mark.parametrize("dtype,seed", CASES, ids=lambda v: str(v).replace("torch.", ""))
 def test_matches_reference(device, dtype, seed):
     x, w, b, kwargs = random_case(seed, device, dtype)
-    out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+    out = masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
     ref = masked_conv2d_reference(x, w, b, **kwargs)
     torch.testing.assert_close(out, ref, **TOLERANCES[dtype])
     for got, want in zip(grads(out, (x, w, b), seed), grads(ref, (x, w, b), seed)):
@@ -70,7 +72,7 @@ def test_model_sized_layers(device):
         b = torch.randn(cout, generator=gen).to(device).requires_grad_()
         cg = 3 if cin % 3 == 0 and cout % 3 == 0 else 1
         kwargs = dict(mask_type=mask_type, color_groups=cg)
-        out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+        out = masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
         ref = masked_conv2d_reference(x, w, b, **kwargs)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         for got, want in zip(grads(out, (x, w, b), 1), grads(ref, (x, w, b), 1)):
@@ -84,7 +86,7 @@ def test_no_live_taps(device, dtype):
     x = torch.randn(2, 3, 4, 5, dtype=dtype, device=device, requires_grad=True)
     w = torch.randn(4, 3, 1, 1, dtype=dtype, device=device, requires_grad=True)
     b = torch.randn(4, dtype=dtype, device=device, requires_grad=True)
-    out = masked_conv2d(x, w, b, mask_type="A", impl="ext")
+    out = masked_conv2d(x, w, b, mask_type="A", impl="ext", algorithm="live_tap")
     torch.testing.assert_close(out, b.view(1, 4, 1, 1).expand(2, 4, 4, 5))
     gx, gw, gb = torch.autograd.grad(out.square().sum(), (x, w, b))
     assert (gx == 0).all() and (gw == 0).all()
@@ -97,7 +99,7 @@ def test_every_output_is_written(device, poisoned_allocations):
     # element the kernels forget to write shows up as NaN.
     for seed in range(6):
         x, w, b, kwargs = random_case(200 + seed, device, torch.float32)
-        out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+        out = masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
         gi, gw, *_ = grads(out, (x, w, b), seed)
         for t in (out, gi, gw):
             assert torch.isfinite(t).all()
@@ -111,7 +113,8 @@ def test_half_precision_cuda(dtype):
     # The CPU kernel is float32/float64 only (half precision runs the reference there).
     device = "cuda"
     x, w, b, kwargs = random_case(300, device, torch.float32)
-    out = masked_conv2d(x.to(dtype), w.to(dtype), b.to(dtype) if b is not None else None, impl="ext", **kwargs)
+    out = masked_conv2d(x.to(dtype), w.to(dtype), b.to(dtype) if b is not None else None, impl="ext",
+                        algorithm="live_tap", **kwargs)
     # float32 accumulation: compare with the float32 reference on the same rounded inputs.
     ref = masked_conv2d_reference(x.to(dtype).float(), w.to(dtype).float(),
                                   b.to(dtype).float() if b is not None else None, **kwargs)
@@ -124,7 +127,7 @@ def test_half_precision_cuda(dtype):
 def test_gradcheck(seed):
     x, w, b, kwargs = random_case(400 + seed, "cpu")
     x, w = x[:1, :, :5, :6].detach().requires_grad_(), w.detach().requires_grad_()
-    fn = lambda x, w, b: masked_conv2d(x, w, b, impl="ext", **kwargs)
+    fn = lambda x, w, b: masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
     assert torch.autograd.gradcheck(fn, (x, w, b))
 
 
@@ -149,7 +152,7 @@ def test_torch_compile_fullgraph():
 
     @torch.compile(fullgraph=True)
     def layer(x, w, b):
-        return torch.relu(masked_conv2d(x, w, b, impl="ext", **kwargs)).square().sum()
+        return torch.relu(masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)).square().sum()
 
     eager = torch.relu(masked_conv2d_reference(x, w, b, **kwargs)).square().sum()
     compiled = layer(x, w, b)
@@ -199,7 +202,7 @@ def test_kernel_mask_equals_table(device, mask_type, color_groups):
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(2, 6, 9, 8, generator=gen, dtype=torch.float64).to(device)
     w = torch.randn(9, 6, 5, 5, generator=gen, dtype=torch.float64).to(device).requires_grad_()
-    out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, impl="ext")
+    out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, impl="ext", algorithm="live_tap")
     (grad,) = torch.autograd.grad(out.square().sum(), w)
     expected = masked_conv2d_mask(6, 9, 5, mask_type, color_groups, dtype=torch.float64, device=device)
     assert torch.equal((grad != 0).to(torch.float64), expected)
@@ -214,7 +217,8 @@ def test_receptive_field(device, mask_type, color_groups):
     h, w_ = 7, 6
     x = torch.randn(1, 3, h, w_, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     w = torch.randn(3, 3, 5, 3, generator=gen, dtype=torch.float64).to(device)
-    out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, dilation=(1, 2), impl="ext")
+    out = masked_conv2d(x, w, mask_type=mask_type, color_groups=color_groups, dilation=(1, 2), impl="ext",
+                        algorithm="live_tap")
     for i, j in [(0, 0), (3, 2), (6, 5), (2, 0)]:
         for o in range(3):
             (g,) = torch.autograd.grad(out[0, o, i, j], x, retain_graph=True)
@@ -235,9 +239,9 @@ def test_non_contiguous_input():
     x = torch.randn(2, 9, 11, 4, generator=gen).permute(0, 3, 1, 2)  # (2, 4, 9, 11), strided
     w = torch.randn(6, 4, 3, 3, generator=gen).transpose(2, 3)
     assert not x.is_contiguous() and not w.is_contiguous()
-    torch.testing.assert_close(masked_conv2d(x, w, impl="ext"), masked_conv2d_reference(x, w))
+    torch.testing.assert_close(masked_conv2d(x, w, impl="ext", algorithm="live_tap"), masked_conv2d_reference(x, w))
     cl = x.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(masked_conv2d(cl, w, impl="ext"), masked_conv2d_reference(x, w))
+    torch.testing.assert_close(masked_conv2d(cl, w, impl="ext", algorithm="live_tap"), masked_conv2d_reference(x, w))
 
 
 def _ok_args():
@@ -290,7 +294,8 @@ def test_huge_sizes_rejected():
     x = torch.zeros(1, 1, 1, 1).expand(1, 1000, 300, 300)
     w = torch.zeros(1, 1000, 7, 7)
     with pytest.raises(RuntimeError, match="too large for 32-bit indexing"):
-        masked_conv2d(x, w, impl="ext")
+        # algorithm="live_tap": "auto" would drop the failing kernel and run a PyTorch algorithm.
+        masked_conv2d(x, w, impl="ext", algorithm="live_tap")
 
 
 def test_reference_is_masked_conv2d():
@@ -333,7 +338,7 @@ def test_largest_dilation_sees_only_the_centre(device):
     # as with a dilation just larger than the image (a reference cheap to compute).
     x, w, b, kwargs = random_case(600, device)
     kwargs.update(mask_type="B", dilation=2**24)
-    out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+    out = masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
     ref = masked_conv2d_reference(x, w, b, **{**kwargs, "dilation": tuple(x.shape[2:])})
     torch.testing.assert_close(out, ref, **TOLERANCES[torch.float64])
     for got, want in zip(grads(out, (x, w, b), 0), grads(ref, (x, w, b), 0)):
@@ -353,7 +358,7 @@ def test_cuda_graph_capture_forward_backward():
     kwargs = dict(mask_type="A", color_groups=3, dilation=(1, 2))
 
     def step():
-        out = masked_conv2d(x, w, b, impl="ext", **kwargs)
+        out = masked_conv2d(x, w, b, impl="ext", algorithm="live_tap", **kwargs)
         return (out, *torch.autograd.grad(out, (x, w, b), gy))
 
     torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
@@ -397,7 +402,7 @@ def test_cuda_more_than_65535_row_tiles():
     x = torch.randn(3, cin, 1, 1, dtype=torch.float64, generator=gen).cuda()
     w = torch.randn(cout, cin, 3, 3, dtype=torch.float64, generator=gen).cuda().requires_grad_()
     b = torch.randn(cout, dtype=torch.float64, generator=gen).cuda()
-    out = masked_conv2d(x, w, b, mask_type="B", impl="ext")
+    out = masked_conv2d(x, w, b, mask_type="B", impl="ext", algorithm="live_tap")
     centre = w.detach()[:, :, 1, 1]
     torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0] @ centre.T + b, rtol=1e-12, atol=1e-12)
     gy = torch.randn(out.shape, dtype=torch.float64, generator=gen).cuda()

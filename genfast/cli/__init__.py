@@ -43,7 +43,20 @@ def _info(args) -> int:
     for op, per_device in info["ops"].items():
         for device, choice in per_device.items():
             print(f"  {op:<{width}} {device:<5} {choice}")
+    _print_autotune(info["autotune"])
     return 0
+
+
+def _print_autotune(autotune: dict) -> None:
+    state = "on" if autotune["enabled"] else "off (GENFAST_AUTOTUNE=0: heuristic choices)"
+    print(f"algorithm autotuning: {state}; cache file: {autotune['cache_file'] or 'none'}")
+    if not autotune["choices"]:
+        print("  no cached choices (made on an op's first call with a new signature; "
+              "GENFAST_AUTOTUNE_CACHE=path keeps them across processes)")
+    for key, entry in sorted(autotune["choices"].items()):
+        timings = ", ".join(f"{name} {'failed' if ms is None else f'{ms:.3g} ms'}"
+                            for name, ms in entry["timings_ms"].items())
+        print(f"  {key} -> {entry['algorithm']} ({entry['source']}; {timings})")
 
 
 def build_parser() -> argparse.ArgumentParser:

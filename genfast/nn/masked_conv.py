@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genfast.ops.masked_conv2d import _pair, check_mask_args, masked_conv2d, masked_conv2d_mask
+from genfast.ops.masked_conv2d import _check_algorithm, _pair, check_mask_args, masked_conv2d, masked_conv2d_mask
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -19,13 +19,15 @@ class MaskedConv2d(nn.Conv2d):
     such a key is accepted when it equals this layer's mask (broadcast to the weight's
     shape) and is an error naming the key when it does not.
 
-    impl: "auto" | "ext" | "reference", as for genfast.ops.masked_conv2d.
+    impl: "auto" | "ext" | "reference", and algorithm: "auto" | "live_tap" |
+    "decomposed" | "dense" (or a per-phase triple), as for genfast.ops.masked_conv2d.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
                  padding="same", dilation=1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device=None, dtype=None, *, mask_type: str = "B",
-                 color_groups: int = 1, impl: str = "auto"):
+                 color_groups: int = 1, impl: str = "auto", algorithm="auto"):
+        _check_algorithm(algorithm)
         kh, kw = check_mask_args(in_channels, out_channels, kernel_size, mask_type, color_groups)
         dh, dw = _pair(dilation, "dilation")
         same = (dh * (kh // 2), dw * (kw // 2))
@@ -43,6 +45,7 @@ class MaskedConv2d(nn.Conv2d):
         self.mask_type = mask_type
         self.color_groups = color_groups
         self.impl = impl
+        self.algorithm = algorithm
 
     @property
     def mask(self) -> torch.Tensor:
@@ -84,7 +87,7 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return masked_conv2d(input, self.weight, self.bias, mask_type=self.mask_type,
                              color_groups=self.color_groups, dilation=self.dilation,
-                             impl=self.impl)
+                             impl=self.impl, algorithm=self.algorithm)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mask_type={self.mask_type!r}, color_groups={self.color_groups}"

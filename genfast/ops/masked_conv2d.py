@@ -10,12 +10,14 @@ csrc/schemas.cpp; both skip the masked-out taps instead of multiplying by zero.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 import torch.nn.functional as F
 
 from genfast import _backend
+from genfast.ops import _autotune
 
 MASK_TYPES = ("A", "B")
 MAX_KERNEL_SIZE = 11
@@ -125,25 +127,397 @@ def masked_conv2d_reference(input: torch.Tensor, weight: torch.Tensor,
                     dilation=(dh, dw))
 
 
+# ---------------------------------------------------------------- algorithms
+# Each phase (forward, grad-input, grad-weight) runs one of three algorithms, chosen
+# separately (see _choose_algorithms):
+#   live_tap   genfast's compiled kernels (skip the masked-out taps);
+#   decomposed the live taps as dense sub-kernels run by the device's dense convolution
+#              (oneDNN, cuDNN with tensor cores): the rows above the centre as one
+#              convolution, the centre row's live part (left taps + centre tap, the
+#              colour-group centre mask applied on the centre column only) as another;
+#   dense      the convolution of weight * mask (every tap, the dead ones multiplied by 0).
+ALGORITHMS = ("live_tap", "decomposed", "dense")
+PHASES = ("forward", "grad_input", "grad_weight")
+_PYTORCH_ALGORITHMS = ("decomposed", "dense")
+# Algorithms whose result may differ from run to run for a phase and device type; none
+# today (the CUDA kernels reduce without atomics; PyTorch picks deterministic oneDNN/cuDNN
+# convolutions itself under torch.use_deterministic_algorithms).
+_NONDETERMINISTIC: set[tuple[str, str, str]] = set()
+
+
+def _mask_like(weight_shape, mask_type: str, color_groups: int, like: torch.Tensor) -> torch.Tensor:
+    """The mask of a weight of this shape, in like's dtype and on its device."""
+    return masked_conv2d_mask(in_channels=weight_shape[1], out_channels=weight_shape[0],
+                              kernel_size=tuple(weight_shape[2:]), mask_type=mask_type,
+                              color_groups=color_groups, dtype=like.dtype, device=like.device)
+
+
+def _center_column_mask(weight: torch.Tensor, mask_type: str, color_groups: int):
+    """The centre tap's (C_out, C_in) 0/1 mask as a tensor, or True / False when it is
+    all ones / all zeros (one colour group)."""
+    if color_groups == 1:
+        return mask_type == "B"
+    kh, kw = weight.shape[2:]
+    return _mask_like(weight.shape, mask_type, color_groups, weight)[:, :, kh // 2, kw // 2]
+
+
+def _decomposed_parts(weight: torch.Tensor, mask_type: str, color_groups: int, dilation, input_hw):
+    """[(sub-kernel, pad amounts, (row slice, column slice) of the full kernel, centre
+    column mask or None)] such that the masked convolution is the sum over the parts of
+    F.conv2d(_shift(x, pad), sub-kernel, dilation=dilation). Negative pad amounts crop:
+    the parts' outputs come out at exactly the input's size. A part whose crop leaves
+    nothing of an input of size input_hw reads only padding and is left out."""
+    dh, dw = dilation
+    h, w = input_hw
+    kh, kw = weight.shape[2:]
+    ch, cw = kh // 2, kw // 2
+    parts = []
+    # Rows above the centre, every column: output row i reads rows i - dh*ch .. i - dh.
+    if ch > 0 and h > dh:
+        parts.append((weight[:, :, :ch, :], (dw * cw, dw * cw, dh * ch, -dh),
+                      (slice(0, ch), slice(0, kw)), None))
+    center = _center_column_mask(weight, mask_type, color_groups)
+    width = cw + (center is not False)
+    # The centre row: columns j - dw*cw .. j - dw, and j itself when the centre is live.
+    if width > 0 and w > dw * (cw + 1 - width):
+        sub = weight[:, :, ch:ch + 1, :width]
+        cmask = None
+        if isinstance(center, torch.Tensor):
+            cmask = center
+            sub = torch.cat([sub[..., :cw], sub[..., cw:] * center[:, :, None, None]], dim=3)
+        parts.append((sub, (dw * cw, dw * (width - 1 - cw), 0, 0),
+                      (slice(ch, ch + 1), slice(0, width)), cmask))
+    return parts
+
+
+def _shift(x: torch.Tensor, pad) -> torch.Tensor:
+    """F.pad(x, pad) with crops (negative amounts) taken first as a view, so that a crop
+    larger than a positive pad on the other side cannot make an intermediate empty."""
+    l, r, t, b = pad
+    x = x[:, :, max(0, -t):x.shape[2] - max(0, -b), max(0, -l):x.shape[3] - max(0, -r)]
+    return F.pad(x, (max(l, 0), max(r, 0), max(t, 0), max(b, 0)))
+
+
+def _conv_backward(grad_output, input, weight, dilation, padding, mask):
+    return torch.ops.aten.convolution_backward(grad_output, input, weight, None, [1, 1],
+                                               list(padding), list(dilation), False, [0, 0], 1,
+                                               list(mask))
+
+
+def _expanded(t: torch.Tensor, shape) -> torch.Tensor:
+    # Only its shape is read (what torch.nn.grad.conv2d_input/_weight pass as well).
+    return t.new_empty(1).expand(shape)
+
+
+def _forward(algorithm, input, weight, bias, dilation, mask_type, color_groups):
+    dh, dw = dilation
+    if algorithm == "live_tap":
+        return torch.ops.genfast.masked_conv2d(input, weight, bias, [dh, dw], mask_type, color_groups)
+    if algorithm == "dense":
+        return masked_conv2d_reference(input, weight, bias, mask_type=mask_type,
+                                       color_groups=color_groups, dilation=(dh, dw))
+    out = None
+    for sub, pad, _, _ in _decomposed_parts(weight, mask_type, color_groups, (dh, dw), input.shape[2:]):
+        part = F.conv2d(_shift(input, pad), sub, bias if out is None else None, dilation=(dh, dw))
+        out = part if out is None else out.add_(part)
+    if out is None:  # no live tap (1x1 'A', one colour group): the bias alone
+        out = input.new_zeros((input.shape[0], weight.shape[0], *input.shape[2:]))
+        if bias is not None:
+            out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def _grad_input(algorithm, grad_output, input_shape, weight, dilation, mask_type, color_groups):
+    dh, dw = dilation
+    kh, kw = weight.shape[2:]
+    if algorithm == "live_tap":
+        return torch.ops.genfast.masked_conv2d_grad_input(grad_output, weight, [dh, dw], mask_type,
+                                                          color_groups)
+    if algorithm == "dense":
+        mask = _mask_like(weight.shape, mask_type, color_groups, weight)
+        return _conv_backward(grad_output, _expanded(grad_output, input_shape), weight * mask,
+                              (dh, dw), (dh * (kh // 2), dw * (kw // 2)), (True, False, False))[0]
+    grad = None
+    for sub, pad, _, _ in _decomposed_parts(weight, mask_type, color_groups, (dh, dw), input_shape[2:]):
+        l, r, t, b = pad
+        padded = (input_shape[0], input_shape[1], input_shape[2] + t + b, input_shape[3] + l + r)
+        g = _conv_backward(grad_output, _expanded(grad_output, padded), sub, (dh, dw), (0, 0),
+                           (True, False, False))[0]
+        g = F.pad(g, (-l, -r, -t, -b))  # undo the pad: cropped input rows get zero gradient
+        grad = g if grad is None else grad.add_(g)
+    if grad is None:
+        grad = grad_output.new_zeros(input_shape)
+    return grad
+
+
+def _grad_weight(algorithm, grad_output, input, weight_shape, dilation, mask_type, color_groups):
+    dh, dw = dilation
+    kh, kw = weight_shape[2:]
+    if algorithm == "live_tap":
+        return torch.ops.genfast.masked_conv2d_grad_weight(grad_output, input, [kh, kw], [dh, dw],
+                                                           mask_type, color_groups)
+    mask = _mask_like(weight_shape, mask_type, color_groups, input)
+    if algorithm == "dense":
+        grad = _conv_backward(grad_output, input, _expanded(input, weight_shape), (dh, dw),
+                              (dh * (kh // 2), dw * (kw // 2)), (False, True, False))[1]
+        return grad * mask
+    grad = input.new_zeros(weight_shape)
+    # The sub-kernels' shapes; their values are not read by the weight gradient.
+    for sub, pad, (rows, cols), cmask in _decomposed_parts(mask, mask_type, color_groups, (dh, dw),
+                                                           input.shape[2:]):
+        g = _conv_backward(grad_output, _shift(input, pad), _expanded(input, sub.shape), (dh, dw),
+                           (0, 0), (False, True, False))[1]
+        if cmask is not None:
+            g[..., -1:] *= cmask[:, :, None, None]
+        grad[:, :, rows, cols] = g
+    return grad
+
+
+def _no_autocast(device_type: str):
+    # The op computes in its inputs' dtype whichever algorithm runs (autocast would
+    # otherwise cast the PyTorch algorithms' convolutions but not genfast's kernels).
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _MaskedConv2dFunction(torch.autograd.Function):
+    """The op with its forward, grad-input and grad-weight algorithms chosen separately."""
+
+    @staticmethod
+    def forward(input, weight, bias, dilation, mask_type, color_groups, algorithms):
+        with _no_autocast(input.device.type):
+            return _forward(algorithms[0], input, weight, bias, dilation, mask_type, color_groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, dilation, mask_type, color_groups, algorithms = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+        ctx.config = (dilation, mask_type, color_groups, algorithms)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        dilation, mask_type, color_groups, algorithms = ctx.config
+        grad_input = grad_weight = grad_bias = None
+        with _no_autocast(input.device.type):
+            if ctx.needs_input_grad[0]:
+                grad_input = _grad_input(algorithms[1], grad_output, input.shape, weight, dilation,
+                                         mask_type, color_groups)
+            if ctx.needs_input_grad[1]:
+                grad_weight = _grad_weight(algorithms[2], grad_output, input, weight.shape, dilation,
+                                           mask_type, color_groups)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum((0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+# ---------------------------------------------------------------- choosing
+def heuristic_algorithm(phase: str, device_type: str, dtype: torch.dtype, input_shape, weight_shape,
+                        mask_type: str, color_groups: int, eligible=ALGORITHMS) -> str:
+    """The choice when no timing may happen (GENFAST_AUTOTUNE=0, deterministic mode,
+    torch.compile tracing or CUDA graph capture with a signature never timed).
+
+    CPU (measured on an Intel Xeon with AVX-512/AMX, torch 2.14, 2 threads, in a quiet
+    window; see docs/masked-conv-algorithms.md): genfast's live-tap kernels won the
+    input gradient on 4 of the 5 benchmark layers and the forward on 3 of 5; the
+    decomposition won the weight gradient on 4 of 5. Without a kernel for the dtype
+    (e.g. bfloat16 on the CPU) the PyTorch algorithm next in that order.
+    CUDA: the decomposition, whose dense sub-kernels cuDNN runs on tensor cores (TF32 /
+    bf16 / fp16), while genfast's CUDA kernel is a SIMT implicit GEMM without them (not
+    measured here: no GPU; time it with GENFAST_AUTOTUNE=1, the default).
+    """
+    if phase not in PHASES:
+        raise ValueError(f"masked_conv2d: phase must be one of {PHASES}, got {phase!r}")
+    if device_type == "cuda":
+        order = ("decomposed", "dense", "live_tap")
+    elif phase == "grad_weight":
+        order = ("decomposed", "live_tap", "dense")
+    else:
+        order = ("live_tap", "dense", "decomposed")
+    return next((a for a in order if a in eligible), order[0])
+
+
+def _check_algorithm(algorithm):
+    if isinstance(algorithm, str):
+        if algorithm == "auto" or algorithm in ALGORITHMS:
+            return (algorithm,) * 3
+    elif (isinstance(algorithm, (tuple, list)) and len(algorithm) == 3
+          and all(isinstance(a, str) and (a == "auto" or a in ALGORITHMS) for a in algorithm)):
+        return tuple(algorithm)
+    raise ValueError(f"masked_conv2d: algorithm must be 'auto', one of {ALGORITHMS}, or a "
+                     f"(forward, grad_input, grad_weight) triple of them, got {algorithm!r}")
+
+
+def _memory_format(t: torch.Tensor) -> str:
+    if t.is_contiguous():
+        return "contiguous"
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "strided"
+
+
+def _base_key(input, weight, mask_type, color_groups, dilation) -> tuple:
+    return (input.device.type, str(input.dtype).replace("torch.", ""),
+            "x".join(str(int(s)) for s in input.shape), "x".join(str(int(s)) for s in weight.shape),
+            mask_type, f"groups{color_groups}", f"dil{dilation[0]}x{dilation[1]}",
+            _memory_format(input))
+
+
+def _full_key(base_key: tuple) -> tuple:
+    threads = f"threads{torch.get_num_threads()}" if base_key[0] == "cpu" else "gpu"
+    return (*base_key, threads)
+
+
+def _heuristics(base_key, phases, eligible) -> dict:
+    device_type, dtype = base_key[0], getattr(torch, base_key[1])
+    in_shape = tuple(map(int, base_key[2].split("x")))
+    w_shape = tuple(map(int, base_key[3].split("x")))
+    cg = int(base_key[5].removeprefix("groups"))
+    return {p: heuristic_algorithm(p, device_type, dtype, in_shape, w_shape, base_key[4], cg,
+                                   eligible[p]) for p in phases}
+
+
+def _deterministic_eligible(device_type: str, phase: str, eligible: tuple) -> tuple:
+    if not torch.are_deterministic_algorithms_enabled():
+        return eligible
+    return tuple(a for a in eligible if (a, phase, device_type) not in _NONDETERMINISTIC)
+
+
+def _untimed_choice(base_key: tuple, phases: tuple, ext_ok: bool) -> tuple:
+    """The cached choice for each phase, else the heuristic; never times."""
+    _autotune._load_file(torch.device(base_key[0]))
+    key = _full_key(base_key)
+    eligible = {p: _deterministic_eligible(base_key[0], p, ALGORITHMS if ext_ok else _PYTORCH_ALGORITHMS)
+                for p in phases}
+    heur = _heuristics(base_key, phases, eligible)
+    return tuple((_autotune.cached("masked_conv2d", p, key, eligible[p]) or heur[p]) for p in phases)
+
+
+# Under torch.compile the choice is made once while tracing and baked into the graph as
+# a constant (the wrapper's key is built from static shapes).
+_traced_choice = torch.compiler.assume_constant_result(_untimed_choice)
+
+
+def chosen_algorithms(input: torch.Tensor, weight: torch.Tensor, *, mask_type: str = "B",
+                      color_groups: int = 1, dilation=1, impl: str = "auto") -> dict:
+    """What algorithm="auto" runs for this call signature, per phase: the cached
+    (timed) choice, else the heuristic. Never times. {"forward": ..., "grad_input": ...,
+    "grad_weight": ...}"""
+    dh, dw = _pair(dilation, "dilation")
+    if _backend.FORCED_IMPL == "reference" or impl == "reference":
+        return dict.fromkeys(PHASES, "reference")
+    ext_ok = _backend.kernel_unavailable_reason(input.device.type) is None and \
+        input.dtype in KERNEL_DTYPES.get(input.device.type, ())
+    base_key = _base_key(input, weight, mask_type, color_groups, (dh, dw))
+    return dict(zip(PHASES, _untimed_choice(base_key, PHASES, ext_ok)))
+
+
+def _choose_algorithms(input, weight, bias, dilation, mask_type, color_groups, phases, ext_ok):
+    """One algorithm per phase in `phases` (a subset of PHASES, in order)."""
+    base_key = _base_key(input, weight, mask_type, color_groups, dilation)
+    if torch.compiler.is_compiling():
+        return dict(zip(phases, _traced_choice(base_key, tuple(phases), ext_ok)))
+    key = _full_key(base_key)
+    device = input.device
+    eligible = {p: _deterministic_eligible(device.type, p, ALGORITHMS if ext_ok else _PYTORCH_ALGORITHMS)
+                for p in phases}
+    _autotune._load_file(device)
+    hits = {p: _autotune.cached("masked_conv2d", p, key, eligible[p]) for p in phases}
+    if all(hits.values()):  # the common case: every phase timed before
+        return hits
+    heur = _heuristics(base_key, phases, eligible)
+    allowed = _autotune.timing_allowed(input, weight, bias)
+    chosen = {}
+    x, w = input.detach(), weight.detach()
+    b = None if bias is None else bias.detach()
+    made = []
+
+    def grad_out():  # made on the first timing only
+        if not made:
+            # A private generator: timing leaves the global RNG state alone.
+            gen = torch.Generator().manual_seed(0)
+            out_shape = (x.shape[0], w.shape[0], *x.shape[2:])
+            g = torch.randn(out_shape, generator=gen, dtype=x.dtype).to(device)
+            if _memory_format(x) == "channels_last":
+                g = g.contiguous(memory_format=torch.channels_last)
+            made.append(g)
+        return made[0]
+
+    for phase in phases:
+        if phase == "forward":
+            thunk = lambda a: lambda: _forward(a, x, w, b, dilation, mask_type, color_groups)
+        elif phase == "grad_input":
+            thunk = lambda a: lambda: _grad_input(a, grad_out(), x.shape, w, dilation, mask_type,
+                                                  color_groups)
+        else:
+            thunk = lambda a: lambda: _grad_weight(a, grad_out(), x, w.shape, dilation, mask_type,
+                                                   color_groups)
+        candidates = {a: thunk(a) for a in eligible[phase]}
+        with _no_autocast(device.type):
+            chosen[phase] = _autotune.choose("masked_conv2d", phase, key, candidates, heur[phase],
+                                             device, allowed=allowed)
+    return chosen
+
+
+def _kernel_op(input, weight, bias, dilation, mask_type, color_groups):
+    """genfast's op with its registered autograd: the live-tap kernels in every phase."""
+    return torch.ops.genfast.masked_conv2d(input, weight, bias, list(dilation), mask_type, color_groups)
+
+
 def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                   mask_type: str = "B", color_groups: int = 1, dilation=1,
-                  impl: str = "auto") -> torch.Tensor:
+                  impl: str = "auto", algorithm="auto") -> torch.Tensor:
     """Masked 2-D convolution, stride 1 with 'same' padding.
 
     input (N, C_in, H, W); weight (C_out, C_in, kH, kW) with odd kH, kW <= 11;
     bias (C_out,) or None; mask_type 'A' or 'B'; color_groups divides both channel
-    counts; dilation an int or pair. Masked weights get zero gradient.
-    impl: "auto" (compiled kernel when available, else the reference), "ext" or
-    "reference".
+    counts; dilation an int or pair. Masked weights get zero gradient. The result is in
+    the inputs' dtype (autocast does not cast them).
+
+    impl: "auto" (compiled kernel when available, else PyTorch only), "ext" (insist on
+    the compiled kernel being available) or "reference" (the pure reference:
+    F.conv2d(weight * mask); `algorithm` is then ignored).
+    algorithm: "auto" (per call signature, the fastest of the eligible algorithms,
+    timed once and cached, see genfast/ops/_autotune.py), "live_tap" (genfast's
+    kernels), "decomposed" (dense sub-kernels), "dense" (weight * mask), or a
+    (forward, grad_input, grad_weight) triple of them.
     """
     dh, dw = _pair(dilation, "dilation")
     if not (1 <= dh <= 2**24 and 1 <= dw <= 2**24):  # larger would overflow 32-bit offsets
         raise ValueError(f"masked_conv2d: dilation must be between 1 and 2**24 (16777216), got {(dh, dw)}")
+    requested = _check_algorithm(algorithm)
     _check_args(input, weight, bias, mask_type, color_groups)
-    if not _backend.use_extension("masked_conv2d", impl, input, KERNEL_DTYPES):
+    if impl not in _backend.IMPLS:
+        raise ValueError(f"masked_conv2d: impl must be one of {_backend.IMPLS}, got {impl!r}")
+    if _backend.FORCED_IMPL == "reference" or impl == "reference":
         return masked_conv2d_reference(input, weight, bias, mask_type=mask_type,
                                        color_groups=color_groups, dilation=(dh, dw))
-    return torch.ops.genfast.masked_conv2d(input, weight, bias, [dh, dw], mask_type, color_groups)
+    if "live_tap" in requested and impl == "auto":
+        impl = "ext"  # asked for by name: the kernel must be there
+    # Only the PyTorch algorithms asked for: whether the kernel is there does not matter.
+    ext_ok = (any(a in ("auto", "live_tap") for a in requested)
+              and _backend.use_extension("masked_conv2d", impl, input, KERNEL_DTYPES))
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    phases = ["forward"]
+    if needs_grad:
+        phases += [p for p, t in (("grad_input", input), ("grad_weight", weight)) if t.requires_grad]
+    auto = [p for p in phases if requested[PHASES.index(p)] == "auto"]
+    chosen = dict(zip(PHASES, requested))
+    if auto:
+        chosen.update(_choose_algorithms(input, weight, bias, (dh, dw), mask_type, color_groups,
+                                         auto, ext_ok))
+    algorithms = tuple("live_tap" if chosen[p] == "auto" else chosen[p] for p in PHASES)
+    if not needs_grad:
+        with _no_autocast(input.device.type):
+            return _forward(algorithms[0], input, weight, bias, (dh, dw), mask_type, color_groups)
+    if all(a == "live_tap" for a, p in zip(algorithms, PHASES) if p in phases):
+        return _kernel_op(input, weight, bias, (dh, dw), mask_type, color_groups)
+    return _MaskedConv2dFunction.apply(input, weight, bias, (dh, dw), mask_type, color_groups,
+                                       algorithms)
 
 
 def _register_fake_and_autograd() -> None:
