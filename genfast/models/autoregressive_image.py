@@ -37,7 +37,7 @@ def run_masked(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return masked_conv2d(x, layer.weight.to(x.dtype), bias, mask_type=layer.mask_type,
                          color_groups=layer.color_groups, dilation=layer.dilation,
-                         impl=layer.impl)
+                         impl=layer.impl, algorithm=layer.algorithm)
 
 
 def masked_weight(layer: nn.Conv2d, dtype: torch.dtype, device) -> torch.Tensor:
