@@ -45,3 +45,27 @@ def record(benchmark, group: str, impl: str, baseline: bool = False) -> None:
     benchmark.group = group
     benchmark.extra_info["impl"] = impl
     benchmark.extra_info["baseline"] = baseline
+
+
+MiB = 1 << 20
+
+
+def peak_memory_mb(fn, device):
+    """The peak memory fn allocates above what exists before it, in MiB: CUDA's allocator
+    statistics, or on the CPU the running sum of the profiler's allocation events."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / MiB
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak / MiB

@@ -11,11 +11,10 @@ the same less the gradient.
 """
 import pytest
 import torch
-from conftest import record, synced
+from conftest import MiB, peak_memory_mb, record, synced
 
 from genfast.ops import dmol_loss, dmol_loss_reference, dmol_num_params, dmol_sample, dmol_sample_reference
 
-MiB = 1 << 20
 B, C, H, W, M = 16, 3, 32, 32, 10
 
 
@@ -33,26 +32,6 @@ def fused(params, x):
 
 def composite(params, x):
     return torch.autograd.grad(dmol_loss_reference(params, x, num_mixtures=M), params)
-
-
-def peak_memory_mb(fn, device):
-    """The peak memory fn allocates above what exists before it, in MiB."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / MiB
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak / MiB
 
 
 LOSS_IMPLS = {"genfast": fused, "composite formula": composite}

@@ -19,12 +19,11 @@
 import pytest
 import torch
 import torch.nn as nn
-from conftest import record, synced
+from conftest import MiB, peak_memory_mb, record, synced
 
 from genfast import losses
 from genfast.ops import gradient_penalty
 
-MiB = 1 << 20
 SIZES = [1 << 20, 1 << 22, 1 << 24, 1 << 26]  # elements of g
 QUICK_SIZES = [1 << 20, 1 << 24]
 BATCH = 64
@@ -132,26 +131,6 @@ def critic_step(critic, real, fake, eps, kind, penalty_fn):
     else:  # StyleGAN2's R1 step: the penalty alone, on its own forward pass
         loss = penalty_fn(critic, real, fake, eps, kind)
     loss.backward()
-
-
-def peak_memory_mb(fn, device):
-    """The peak memory fn allocates above what exists before it, in MiB."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / MiB
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak / MiB
 
 
 STEP_IMPLS = {"genfast": genfast_penalty, "reference": reference_penalty}

@@ -8,33 +8,12 @@ logits themselves are 12.25 MiB (grey) and 24 MiB (RGB)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import record, synced
+from conftest import peak_memory_mb, record, synced
 
 from genfast.ops import softmax_cross_entropy
 
-MiB = 1 << 20
 CASES = [(16, 1, 28), (8, 3, 32)]  # (batch, channels, side)
 IMPLS = {"genfast": lambda x, t: softmax_cross_entropy(x, t, impl="ext"), "F.cross_entropy": F.cross_entropy}
-
-
-def peak_memory_mb(fn, device):
-    """The peak memory fn allocates above what exists before it, in MiB."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / MiB
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak / MiB
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
