@@ -143,6 +143,7 @@ RANK_CHECK_GAPS = {
 }
 
 
+# CPU only: the argument checks are in csrc/<op>.cpp, shared by the CPU and CUDA kernels.
 @requires_ext
 @pytest.mark.parametrize("name", OPS)
 def test_the_compiled_op_checks_tensor_ranks(name):
