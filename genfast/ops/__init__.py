@@ -22,12 +22,31 @@ from genfast.ops.softmax_cross_entropy import (softmax_cross_entropy,
 from genfast.ops.wavenet_step import (WaveNetWeights, wavenet_step,
                                       wavenet_step_reference, wavenet_stepper)
 
-# The public ops (each takes impl="auto" | "ext" | "reference").
-OPS = ("masked_conv2d", "gradient_penalty", "gradient_penalty_interpolate", "nearest_code",
-       "code_statistics", "wavenet_step", "gated_pixelcnn_row", "pixelcnn_row",
-       "dmol_loss", "dmol_sample", "gated_activation", "softmax_cross_entropy")
+from genfast.ops._registry import register_op, registered_ops
 
-__all__ = ["OPS", "dmol_loss", "dmol_loss_reference", "dmol_num_params", "dmol_sample",
+# The public ops (each takes impl="auto" | "ext" | "reference") and the torch.ops.genfast
+# ops each wrapper calls (forward, then backward).
+register_op("masked_conv2d", module="genfast.ops.masked_conv2d",
+            torch_ops=("masked_conv2d", "masked_conv2d_grad_input", "masked_conv2d_grad_weight"))
+register_op("gradient_penalty", module="genfast.ops.gradient_penalty",
+            torch_ops=("gradient_penalty", "gradient_penalty_backward"))
+register_op("gradient_penalty_interpolate", module="genfast.ops.gradient_penalty",
+            torch_ops=("gradient_penalty_interpolate", "gradient_penalty_interpolate_backward"))
+register_op("nearest_code", module="genfast.ops.nearest_code")
+register_op("code_statistics", module="genfast.ops.code_statistics")
+register_op("wavenet_step", module="genfast.ops.wavenet_step")
+register_op("gated_pixelcnn_row", module="genfast.ops.gated_pixelcnn_row")
+register_op("pixelcnn_row", module="genfast.ops.pixelcnn_row")
+register_op("dmol_loss", module="genfast.ops.dmol", torch_ops=("dmol_loss", "dmol_loss_backward"))
+register_op("dmol_sample", module="genfast.ops.dmol")
+register_op("gated_activation", module="genfast.ops.gated_activation",
+            torch_ops=("gated_activation", "gated_activation_backward"))
+register_op("softmax_cross_entropy", module="genfast.ops.softmax_cross_entropy",
+            torch_ops=("softmax_cross_entropy", "softmax_cross_entropy_backward"))
+
+OPS = tuple(entry.name for entry in registered_ops())
+
+__all__ = ["OPS", "register_op", "registered_ops", "dmol_loss", "dmol_loss_reference", "dmol_num_params", "dmol_sample",
            "dmol_sample_reference", "GatedRowWeights", "WaveNetWeights", "code_statistics",
            "code_statistics_reference", "gated_activation", "gated_activation_reference",
            "gated_pixelcnn_row", "gated_pixelcnn_row_reference",
