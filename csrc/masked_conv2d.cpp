@@ -124,12 +124,14 @@ LiveTaps check_masked_conv2d(const at::Tensor& input, const at::Tensor& weight,
                              c10::string_view mask_type, int64_t color_groups) {
   const char* op = "masked_conv2d";
   check_same_dtype_and_device(op, input, "input", weight, "weight");
+  // check_args checks the weight's rank first: the bias check reads weight.size(0).
+  LiveTaps taps = check_args(op, input, "input", weight.sizes(), dilation, mask_type, color_groups);
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-                ": bias must have shape (", weight.size(0), "), got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
+                      ": bias must have shape (", weight.size(0), "), got ", bias->sizes());
     check_same_dtype_and_device(op, input, "input", *bias, "bias");
   }
-  return check_args(op, input, "input", weight.sizes(), dilation, mask_type, color_groups);
+  return taps;
 }
 
 LiveTaps check_masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,

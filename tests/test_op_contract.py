@@ -135,12 +135,10 @@ def _wrong_rank(t):
 
 # Known gaps, (torch op, argument index) -> why; each is asserted to still behave as
 # described, so fixing it makes the test fail until the entry is removed.
-RANK_CHECK_GAPS = {
-    # csrc/masked_conv2d.cpp checks bias against weight.size(0) before check_args has
-    # checked weight's rank: a rank-0 weight with a bias raises IndexError("Dimension
-    # specified as 0 but tensor has no dimensions"), naming no argument. Not a crash.
-    ("masked_conv2d", 1): IndexError,
-}
+# (op, argument index) -> the exception a wrong-rank tensor there raises instead of a
+# clear error, for a known gap still to close (none now: masked_conv2d checked its bias
+# against weight.size(0) before the weight's rank, fixed in csrc/masked_conv2d.cpp).
+RANK_CHECK_GAPS: dict = {}
 
 
 # CPU only: the argument checks are in csrc/<op>.cpp, shared by the CPU and CUDA kernels.
