@@ -155,11 +155,16 @@ def load_image_folder(path: str, size: int, levels: int, channels: int = 1) -> I
 def load_dataset(source: str, size: int, levels: int, channels: int = 1,
                  labels_path: str | None = None, test_fraction: float = 0.1
                  ) -> tuple[ImageData, ImageData]:
-    """(train, test) from "digits" (its own fixed split), a folder of images or a .npy."""
-    if source == "digits":
+    """(train, test) from "digits" or "fashion-mnist" (each its own fixed split), a
+    folder of images or a .npy."""
+    if source in ("digits", "fashion-mnist"):
         if channels != 1:
-            raise ValueError(f"the digits are grey: channels must be 1, got {channels}")
-        return load_digits(size, levels)
+            raise ValueError(f"the {source.replace('-', ' ')} are grey: channels must be 1, got "
+                             f"{channels}")
+        if source == "digits":
+            return load_digits(size, levels)
+        return (load_fashion_mnist(split="train", size=size, levels=levels),
+                load_fashion_mnist(split="test", size=size, levels=levels))
     if os.path.isdir(source):
         data = load_image_folder(source, size, levels, channels)
     elif source.endswith(".npy") and os.path.isfile(source):
@@ -167,7 +172,8 @@ def load_dataset(source: str, size: int, levels: int, channels: int = 1,
         if data.images.shape[1] != channels:
             raise ValueError(f"{source} has {data.images.shape[1]} channels, expected {channels}")
     else:
-        raise ValueError(f"data must be 'digits', a folder of images or a .npy file, got {source!r}")
+        raise ValueError(f"data must be 'digits', 'fashion-mnist', a folder of images or a .npy file, "
+                         f"got {source!r}")
     return split(data, test_fraction)
 
 

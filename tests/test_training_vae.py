@@ -120,6 +120,5 @@ def test_fashion_mnist_source(monkeypatch):
     monkeypatch.setattr(genfast.data, "load_fashion_mnist", fake, raising=False)
     train, test = load_data("fashion-mnist", 8, 16)
     assert calls == [("train", 8, 16), ("test", 8, 16)] and len(train) == len(test) == 48
-    monkeypatch.delattr(genfast.data, "load_fashion_mnist", raising=False)
-    with pytest.raises(ValueError, match="no load_fashion_mnist"):
-        load_data("fashion-mnist", 8, 16)
+    with pytest.raises(ValueError, match="the fashion mnist are grey"):
+        genfast.data.load_dataset("fashion-mnist", 8, 16, channels=3)

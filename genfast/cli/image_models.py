@@ -14,8 +14,9 @@ from genfast.cli.common import user_errors
 
 def add_data_args(p: argparse.ArgumentParser, size: int, levels: int) -> None:
     p.add_argument("--data", default="digits",
-                   help="'digits' (embedded, no download), a folder of images (subfolders = "
-                        "classes) or a .npy array (N, H, W[, C]) (default: digits)")
+                   help="'digits' (embedded, no download), 'fashion-mnist' (the Debian package "
+                        "dataset-fashion-mnist), a folder of images (subfolders = classes) or a "
+                        ".npy array (N, H, W[, C]) (default: digits)")
     p.add_argument("--labels-npy", help="labels of a .npy data set, a .npy of N integers")
     p.add_argument("--size", type=int, default=size, help=f"image side (default {size})")
     p.add_argument("--levels", type=int, default=levels,

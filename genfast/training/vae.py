@@ -322,20 +322,13 @@ def save_latent_space(model: VAE | AE, data: ImageData, path: str, *, grid: int 
 
 # -- command line -------------------------------------------------------------------
 def load_data(source: str, size: int, levels: int, data_loader=None) -> tuple[ImageData, ImageData]:
-    """(train, test): data_loader(size=, levels=) when given, else the named data set."""
+    """(train, test): data_loader(size=, levels=) when given, else genfast.data.load_dataset's
+    source ("digits", "fashion-mnist", a folder of images or a .npy file)."""
     if data_loader is not None:
         return data_loader(size=size, levels=levels)
-    import genfast.data as gdata
+    from genfast.data import load_dataset
 
-    if source == "digits":
-        return gdata.load_digits(size, levels)
-    if source == "fashion-mnist":
-        loader = getattr(gdata, "load_fashion_mnist", None)
-        if loader is None:
-            raise ValueError("this genfast.data has no load_fashion_mnist; use --data digits")
-        return (loader(split="train", size=size, levels=levels),
-                loader(split="test", size=size, levels=levels))
-    return gdata.load_dataset(source, size, levels)
+    return load_dataset(source, size, levels)
 
 
 def binarise(data: ImageData) -> ImageData:
