@@ -25,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=int, default=256,
                    help="grey levels of the data (default 256; the Bernoulli likelihood binarises)")
     p.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian",
-                   help="gaussian: discretised Gaussian over the levels; bernoulli: binarised data")
+                   help="gaussian: discretised Gaussian over the levels; bernoulli: binarised data; "
+                        "logistic-mixture: PixelCNN++'s discretised mixture of logistics")
     p.add_argument("--gaussian-std", type=float, default=None,
                    help="a fixed decoder standard deviation (intensity units; default learned)")
+    p.add_argument("--num-mixtures", type=int, default=5,
+                   help="components of the logistic-mixture likelihood (default 5)")
     p.add_argument("--hidden-channels", type=int, default=32)
     p.add_argument("--latent-dim", type=int, default=16, help="2 also writes latent.png")
     p.add_argument("--kernel-size", type=int, default=3)
@@ -63,7 +66,7 @@ def run(args, data_loader=None) -> int:
                         hidden_channels=args.hidden_channels, latent_dim=args.latent_dim,
                         kernel_size=args.kernel_size, image_size=args.size,
                         levels=train_data.levels, likelihood=args.likelihood,
-                        gaussian_std=args.gaussian_std)
+                        gaussian_std=args.gaussian_std, num_mixtures=args.num_mixtures)
     os.makedirs(args.out, exist_ok=True)
     history = train_vae(model, train_data, variant=args.variant, steps=args.steps,
                         val_data=test_data, batch_size=args.batch_size, lr=args.lr,

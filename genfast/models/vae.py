@@ -14,6 +14,9 @@ PixelCNN's scale (same data, same levels):
   learned per pixel (the decoder's second output; gaussian_std=None) or fixed
   (gaussian_std=a float, in intensity units).
 - likelihood="bernoulli": binary images (levels must be 2), P(1) = sigmoid(logit).
+- likelihood="logistic-mixture": PixelCNN++'s discretised mixture of `num_mixtures`
+  logistics per pixel (RGB with its linear colour coupling), the decoder's output
+  being genfast.ops.dmol_loss's parameters; the fused op computes -log p(x | z).
 
 VAE.loss(x) returns ELBOTerms(loss, reconstruction, kl), each (N,) in nats per image:
 loss = reconstruction + kl is the negative ELBO, reconstruction = -log p(x | z) at one
@@ -32,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LIKELIHOODS = ("gaussian", "bernoulli")
+from genfast.ops.dmol import dmol_loss, dmol_num_params, dmol_sample
+
+LIKELIHOODS = ("gaussian", "bernoulli", "logistic-mixture")
 _LOG_2PI = math.log(2 * math.pi)
 # Bins narrower than this many standard deviations use the density times the width
 # (the difference of normal CDFs loses its digits there).
@@ -109,7 +114,8 @@ class _ImageAutoencoder(nn.Module):
 
     def __init__(self, *, image_channels: int = 1, hidden_channels: int = 32, latent_dim: int = 16,
                  kernel_size: int = 3, image_size=28, levels: int = 256,
-                 likelihood: str = "gaussian", gaussian_std: float | None = None):
+                 likelihood: str = "gaussian", gaussian_std: float | None = None,
+                 num_mixtures: int = 5):
         super().__init__()
         owner = type(self).__name__
         if image_channels not in (1, 3):
@@ -130,6 +136,7 @@ class _ImageAutoencoder(nn.Module):
         if likelihood == "bernoulli" and levels != 2:
             raise ValueError(f"{owner}: the Bernoulli likelihood models binary images: levels must "
                              f"be 2, got {levels} (binarise the data, or use likelihood='gaussian')")
+        _positive_int("num_mixtures", num_mixtures, owner)
         if gaussian_std is not None:
             if likelihood != "gaussian":
                 raise ValueError(f"{owner}: gaussian_std applies to likelihood='gaussian' only")
@@ -139,11 +146,16 @@ class _ImageAutoencoder(nn.Module):
         self.image_channels, self.hidden_channels = image_channels, hidden_channels
         self.latent_dim, self.kernel_size, self.image_size = latent_dim, kernel_size, size
         self.levels, self.likelihood, self.gaussian_std = levels, likelihood, gaussian_std
+        self.num_mixtures = num_mixtures
         self.config = {"image_channels": image_channels, "hidden_channels": hidden_channels,
                        "latent_dim": latent_dim, "kernel_size": kernel_size, "image_size": list(size),
                        "levels": levels, "likelihood": likelihood, "gaussian_std": gaussian_std}
-        learned_std = likelihood == "gaussian" and gaussian_std is None
-        self.decoder_outputs = image_channels * (2 if learned_std else 1)
+        if likelihood == "logistic-mixture":  # older configs (no key) keep loading
+            self.config["num_mixtures"] = num_mixtures
+            self.decoder_outputs = dmol_num_params(image_channels, num_mixtures)
+        else:
+            learned_std = likelihood == "gaussian" and gaussian_std is None
+            self.decoder_outputs = image_channels * (2 if learned_std else 1)
         code = 2 * latent_dim if self.stochastic else latent_dim
         coder = _ConvCoder(image_channels, hidden_channels, kernel_size, size, code, latent_dim,
                            self.decoder_outputs)
@@ -174,8 +186,9 @@ class _ImageAutoencoder(nn.Module):
         return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder's raw output (N, decoder_outputs, H, W): Bernoulli logits, or
-        Gaussian means (then log-stds when learned)."""
+        """The decoder's raw output (N, decoder_outputs, H, W): Bernoulli logits,
+        Gaussian means (then log-stds when learned), or the mixture parameters in
+        genfast.ops.dmol_loss's layout."""
         return self.decoder(z)
 
     def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,16 +203,40 @@ class _ImageAutoencoder(nn.Module):
         if self.likelihood == "bernoulli":
             out = out.to(torch.promote_types(out.dtype, torch.float32))
             nll = F.binary_cross_entropy_with_logits(out, x.to(out.dtype), reduction="none")
+        elif self.likelihood == "logistic-mixture":
+            out = out.to(torch.promote_types(out.dtype, torch.float32))
+            nll = dmol_loss(out, x, num_mixtures=self.num_mixtures, levels=self.levels,
+                            reduction="none")  # (N, H, W), summed over the colours
         else:
             mean, log_std = self._split(out.to(torch.promote_types(out.dtype, torch.float32)))
             nll = discretized_gaussian_nll(x, mean, log_std, self.levels)
         return nll.flatten(1).sum(1)
 
     def decoded_mean(self, out: torch.Tensor) -> torch.Tensor:
-        """The decoder's expected intensity in [0, 1] (Gaussian: its mean, clamped)."""
+        """The decoder's expected intensity in [0, 1] (Gaussian: its mean, clamped;
+        logistic mixture: the mixture-weighted means, each colour coupled to the
+        earlier colours' weighted means, clamped)."""
         if self.likelihood == "bernoulli":
             return torch.sigmoid(out)
+        if self.likelihood == "logistic-mixture":
+            return self._mixture_mean(out)
         return out[:, :self.image_channels].clamp(0, 1)
+
+    def _mixture_mean(self, out: torch.Tensor) -> torch.Tensor:
+        c, m = self.image_channels, self.num_mixtures
+        b, _, h, w = out.shape
+        weights = torch.softmax(out[:, :m], dim=1)                        # (B, M, H, W)
+        blocks = out[:, m:].reshape(b, c, 3 if c == 3 else 2, m, h, w)
+        means = blocks[:, :, 0]                                           # (B, C, M, H, W)
+        if c == 3:  # x_G = mu_G + alpha x_R, x_B = mu_B + beta x_R + gamma x_G (tanh'd)
+            coeffs = torch.tanh(blocks[:, :, 2])
+            red = (weights * means[:, 0]).sum(1, keepdim=True).clamp(-1, 1)
+            green = (weights * (means[:, 1] + coeffs[:, 0] * red)).sum(1, keepdim=True).clamp(-1, 1)
+            blue = (weights * (means[:, 2] + coeffs[:, 1] * red + coeffs[:, 2] * green)).sum(1, keepdim=True)
+            mean = torch.cat([red, green, blue], 1)
+        else:
+            mean = (weights * means[:, 0]).sum(1, keepdim=True)
+        return ((mean + 1) / 2).clamp(0, 1)                               # [-1, 1] -> [0, 1]
 
     def to_levels(self, out: torch.Tensor, *, mode: str = "mean",
                   generator: torch.Generator | None = None) -> torch.Tensor:
@@ -214,6 +251,12 @@ class _ImageAutoencoder(nn.Module):
                                         device=generator.device if generator else device).to(device)
         if self.likelihood == "bernoulli":
             return (draw(out.shape) < torch.sigmoid(out)).long()
+        if self.likelihood == "logistic-mixture":
+            b, _, h, w = out.shape
+            u = torch.rand((b, self.image_channels + 1, h, w), generator=generator, dtype=torch.float64,
+                           device=generator.device if generator else device).to(device)
+            return dmol_sample(out.to(torch.promote_types(out.dtype, torch.float32)), u,
+                               num_mixtures=self.num_mixtures, levels=self.levels)
         mean, log_std = self._split(out)
         shape = mean.shape
         value = mean + log_std.exp() * torch.randn(shape, generator=generator,
@@ -230,7 +273,8 @@ class VAE(_ImageAutoencoder):
 
     Keyword-only: image_channels (1 or 3), hidden_channels, latent_dim, kernel_size
     (odd), image_size (int or (H, W), multiples of 4), levels, likelihood ("gaussian",
-    "bernoulli"), gaussian_std (None: learned per pixel)."""
+    "bernoulli", "logistic-mixture"), gaussian_std (None: learned per pixel),
+    num_mixtures (the logistic mixture's components)."""
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z | x): (mean, log-variance), each (N, latent_dim)."""
@@ -290,8 +334,9 @@ class VAE(_ImageAutoencoder):
         """n integer images decoded from z ~ N(0, temperature^2 I)."""
         _positive_int("n", n, "VAE.sample")
         device = next(self.parameters()).device
+        dtype = next(self.decoder.parameters()).dtype  # a float64 model samples in float64
         z = torch.randn(n, self.latent_dim, generator=generator,
-                        device=generator.device if generator is not None else device).to(device)
+                        device=generator.device if generator is not None else device).to(device, dtype)
         return self.to_levels(self.decode(z * temperature), mode=mode, generator=generator)
 
     @torch.no_grad()
@@ -345,7 +390,8 @@ class AE(_ImageAutoencoder):
         device = self.prior_mean.device
         eps = torch.randn(n, self.latent_dim, generator=generator,
                           device=generator.device if generator is not None else device).to(device)
-        z = self.prior_mean + eps @ self.prior_scale_tril.T
+        z = (self.prior_mean + eps.to(self.prior_mean.dtype) @ self.prior_scale_tril.T).to(
+            next(self.decoder.parameters()).dtype)
         return self.to_levels(self.decode(z), mode=mode, generator=generator)
 
     @torch.no_grad()
