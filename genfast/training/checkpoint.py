@@ -9,6 +9,7 @@ is left as it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import zipfile
@@ -135,3 +136,16 @@ def restoring(path: str):
         label = f"missing entry {reason}" if isinstance(exc, KeyError) else reason
         raise CheckpointError(f"{path} does not fit (corrupt, or written by another version "
                               f"or model?): {label}") from None
+
+
+def resume_run(trainer, path: str, config, *, kind: str, required: tuple[str, ...], device,
+               name: str) -> None:
+    """Continues `trainer` (load_state_dict) from the checkpoint at `path` of a run whose
+    settings are the dataclass `config`: the checkpoint must exist and be of `kind`, and
+    every setting but `steps` (which may grow on resume) must be the run's."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{name}: --resume but there is no checkpoint at {path}")
+    state = load_checkpoint(path, kind=kind, required=required, map_location=device)
+    check_config(path, dict(state["config"], steps=config.steps), dataclasses.asdict(config))
+    with restoring(path):
+        trainer.load_state_dict(state)

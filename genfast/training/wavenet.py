@@ -26,7 +26,7 @@ from genfast.data import SAMPLE_RATE, load_signal
 from genfast.models._compat import upgrade_config
 from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode
 from genfast.plotting import plot_waveforms, write_wav
-from genfast.training.checkpoint import check_config, load_checkpoint, restoring, save_checkpoint
+from genfast.training.checkpoint import load_checkpoint, restoring, resume_run, save_checkpoint
 
 CHECKPOINT_KIND = "wavenet"
 CHECKPOINT_KEYS = ("config", "model_config", "model", "optimizer", "rng", "step", "history")
@@ -163,13 +163,8 @@ def train(config: WaveNetTrainConfig, out: str, *, device: str = "cpu", impl: st
     path = os.path.join(out, "checkpoint.pt")
     trainer = WaveNetTrainer(config, device=device, impl=impl)
     if resume:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"wavenet: --resume but there is no checkpoint at {path}")
-        state = read_checkpoint(path, device)
-        # steps may grow on resume; every other setting must be the run's.
-        check_config(path, dict(state["config"], steps=config.steps), dataclasses.asdict(config))
-        with restoring(path):
-            trainer.load_state_dict(state)
+        resume_run(trainer, path, config, kind=CHECKPOINT_KIND, required=CHECKPOINT_KEYS,
+                   device=device, name="wavenet")
 
     def checkpoint():
         trainer.history[-1]["validation_bits"] = trainer.validation_bits()

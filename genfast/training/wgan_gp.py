@@ -25,7 +25,7 @@ from genfast import losses
 from genfast.data import load_digits16, sample_ring8
 from genfast.metrics import mode_coverage
 from genfast.plotting import plot_gan_losses, plot_image_grid, plot_points
-from genfast.training.checkpoint import check_config, load_checkpoint, restoring, save_checkpoint
+from genfast.training.checkpoint import load_checkpoint, restoring, resume_run, save_checkpoint
 
 CHECKPOINT_KIND = "wgan-gp"
 CHECKPOINT_KEYS = ("config", "step", "history", "generator", "critic", "opt_g", "opt_d", "rng")
@@ -229,13 +229,8 @@ def train(config: WGANGPConfig, out: str, *, device: str = "cpu", impl: str = "a
     path = os.path.join(out, "checkpoint.pt")
     trainer = WGANGPTrainer(config, device=device, impl=impl)
     if resume:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"wgan-gp: --resume but there is no checkpoint at {path}")
-        state = read_checkpoint(path, device)
-        # steps may grow on resume; every other setting must be the run's.
-        check_config(path, dict(state["config"], steps=config.steps), dataclasses.asdict(config))
-        with restoring(path):
-            trainer.load_state_dict(state)
+        resume_run(trainer, path, config, kind=CHECKPOINT_KIND, required=CHECKPOINT_KEYS,
+                   device=device, name="wgan-gp")
 
     def checkpoint():
         save_checkpoint(path, trainer.state_dict(), kind=CHECKPOINT_KIND)
