@@ -9,8 +9,6 @@ exact use of the generator). Checkpoints of genfast.train rebuild with load_mode
 """
 from __future__ import annotations
 
-import torch
-
 from genfast.models._compat import upgrade_config
 from genfast.models.autoregressive_image import AutoregressiveImageModel, nll
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN

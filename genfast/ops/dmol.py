@@ -48,7 +48,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from genfast import _backend
 from genfast.ops._draw import inverse_cdf
