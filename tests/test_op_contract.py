@@ -3,7 +3,9 @@ them on the cases of tests/op_cases.py: the registry covers torch.ops.genfast, t
 compiled kernels match the reference twin in float64 (values and gradients),
 torch.library.opcheck passes on every torch.ops.genfast call the wrapper makes, no
 output element is left unwritten (NaN-poisoned allocations), and the C++ ops reject an
-argument of the wrong rank with an exception rather than a crash. What is specific to an
+argument of the wrong rank with an exception rather than a crash, and
+torch.compile(fullgraph=True) traces the wrapper (fake kernels, autograd registration)
+and its compiled outputs and gradients equal eager's. What is specific to an
 op stays in its own tests/test_<op>.py."""
 import pathlib
 import re
@@ -12,6 +14,7 @@ import op_cases
 import pytest
 import torch
 from conftest import DEVICES, HAS_EXT, requires_ext
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from genfast import ops
@@ -63,6 +66,35 @@ def test_matches_reference_float64(name, seed, device):
         else:
             torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
     for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
+
+
+def _assert_outputs_equal(case, got, want):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if i in case.exact:
+            assert torch.equal(a, b), f"output {i} differs"
+        else:
+            torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", OPS)
+def test_torch_compile_fullgraph(name, device):
+    """Inductor traces the wrapper in one graph (no graph break: the fake kernel and the
+    autograd registration are traceable) and the compiled values and gradients equal
+    the eager ones."""
+    torch._dynamo.reset()
+    case = op_cases.CASES[name](2, device, torch.float64)
+    want, want_grads = _outputs_and_grads(case, "ext")
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(lambda: case.run("ext"), fullgraph=True, backend=counter)
+    outputs = compiled()
+    assert counter.frame_count == 1 and counter.op_count > 0, "nothing was compiled"
+    grads = torch.autograd.grad(_float_sum(outputs), case.grad_inputs) if case.grad_inputs else ()
+    _assert_outputs_equal(case, tuple(o.detach() for o in outputs), want)
+    for a, b in zip(grads, want_grads):
         torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
 
 
