@@ -1,6 +1,6 @@
 // The float32 path of dmol_loss on the CPU (csrc/cpu/dmol.cpp threads it): kLanes
 // consecutive pixels of a row at a time, the formulas of csrc/dmol.h written as
-// branch-free loops over the pixels, with polynomial exp/log (~2 ulp) that the
+// branch-free loops over the pixels, with polynomial exp (csrc/cpu/fast_math.h) and log (~2 ulp) that the
 // compiler vectorises. It includes no ATen header and sets no-trapping-math before any
 // include: otherwise GCC 12 does not if-convert (so not vectorise) these loops.
 // Selects on float compares only become vector blends when FP exceptions are not
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../dmol.h"
+#include "fast_math.h"  // fast_exp: below -87 it gives ~e^-87, which every caller here treats as 0
 
 namespace genfast {
 namespace {
@@ -23,23 +24,6 @@ namespace {
 // --- branch-free float math (vectorisable) ----------------------------------------
 inline float bits_to_float(int32_t i) { return std::bit_cast<float>(i); }
 inline int32_t float_to_bits(float f) { return std::bit_cast<int32_t>(f); }
-// e^x, branch-free (vectorisable), ~2 ulp on [-87, 88]; below -87 it returns ~e^-87
-// (not 0), which every caller here treats as 0.
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float t = x * 1.44269504088896341f;
-  const float n = float(int32_t(t + (t >= 0.0f ? 0.5f : -0.5f)));
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * bits_to_float((int32_t(n) + 127) << 23);
-}
 // log x for x > 0 normal (x below the smallest normal gives ~-87.3), branch-free.
 inline float fast_log(float x) {
   x = x < 1.17549435e-38f ? 1.17549435e-38f : x;
@@ -179,6 +163,14 @@ struct LaneBlock {
   }
 };
 
+// The block of pixels j0.. (at most kLanes) of image b, its levels loaded.
+LaneBlock lane_block_at(const float* params, const int64_t* x, int64_t p, int64_t hw, int64_t channels,
+                        int64_t mixtures, int64_t levels, int64_t b, int64_t j0) {
+  LaneBlock blk{int(std::min<int64_t>(kLanes, hw - j0)), channels, mixtures, levels, hw, params + b * p * hw + j0};
+  blk.load(x + b * channels * hw + j0);
+  return blk;
+}
+
 }  // namespace
 
 void dmol_loss_lanes(const float* params, const int64_t* x, int64_t p, int64_t hw, int64_t channels,
@@ -189,9 +181,7 @@ void dmol_loss_lanes(const float* params, const int64_t* x, int64_t p, int64_t h
     LaneBlock blk;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / strips, j0 = (task % strips) * kLanes;
-      blk = LaneBlock{int(std::min<int64_t>(kLanes, hw - j0)), channels, mixtures, levels, hw,
-                      params + b * p * hw + j0};
-      blk.load(x + b * channels * hw + j0);
+      blk = lane_block_at(params, x, p, hw, channels, mixtures, levels, b, j0);
       const int n = blk.n;
       for (int64_t k = 0; k < mixtures; ++k) {
         float* ak = a.data() + k * kLanes;
@@ -222,9 +212,7 @@ void dmol_loss_backward_lanes(const float* grad_nll, const float* params, const 
     float a[kLanes];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / strips, j0 = (task % strips) * kLanes;
-      blk = LaneBlock{int(std::min<int64_t>(kLanes, hw - j0)), channels, mixtures, levels, hw,
-                      params + b * p * hw + j0};
-      blk.load(x + b * channels * hw + j0);
+      blk = lane_block_at(params, x, p, hw, channels, mixtures, levels, b, j0);
       const int n = blk.n;
       const float* __restrict g = grad_nll + b * hw + j0;
       const float* __restrict saved = nll + b * hw + j0;

@@ -26,6 +26,12 @@ void check_cuda(const char* op, const at::Tensor& params) {
   TORCH_CHECK(params.device().is_cuda(), op, ": params must be a CUDA tensor, got ", params.device());
 }
 
+// The levels of pixel j of image b, one per channel.
+__device__ __forceinline__ void load_levels(const int64_t* __restrict__ x, int64_t b, int64_t j, int64_t hw,
+                                            int64_t channels, int64_t* level) {
+  for (int64_t c = 0; c < channels; ++c) level[c] = x[(b * channels + c) * hw + j];
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     dmol_loss_kernel(const scalar_t* __restrict__ params, const int64_t* __restrict__ x, int64_t pixels,
@@ -35,7 +41,7 @@ __global__ void __launch_bounds__(kThreads)
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / hw, j = i % hw;
     int64_t level[3];
-    for (int64_t c = 0; c < channels; ++c) level[c] = x[(b * channels + c) * hw + j];
+    load_levels(x, b, j, hw, channels, level);
     nll[i] = scalar_t(dmol_pixel_nll<scalar_t>(PixelView<const scalar_t>{params + b * p * hw + j, hw}, level,
                                                channels, mixtures, levels));
   }
@@ -51,7 +57,7 @@ __global__ void __launch_bounds__(kThreads)
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / hw, j = i % hw;
     int64_t level[3];
-    for (int64_t c = 0; c < channels; ++c) level[c] = x[(b * channels + c) * hw + j];
+    load_levels(x, b, j, hw, channels, level);
     dmol_pixel_backward<scalar_t>(PixelView<const scalar_t>{params + b * p * hw + j, hw}, level, channels,
                                   mixtures, levels, grad_nll[i], nll[i],
                                   PixelView<scalar_t>{grad + b * p * hw + j, hw});
