@@ -20,7 +20,7 @@ namespace genfast {
 namespace {
 
 void check_cpu(const char* op, const at::Tensor& params) {
-  TORCH_CHECK(params.device().is_cpu(), op, ": params must be a CPU tensor, got ", params.device());
+  TORCH_CHECK_VALUE(params.device().is_cpu(), op, ": params must be a CPU tensor, got ", params.device());
 }
 
 // Calls body(b, hw) for every pixel; ~2K pixels per task (each costs ~M * C

@@ -23,7 +23,7 @@ int blocks_for(int64_t pixels) {
 }
 
 void check_cuda(const char* op, const at::Tensor& params) {
-  TORCH_CHECK(params.device().is_cuda(), op, ": params must be a CUDA tensor, got ", params.device());
+  TORCH_CHECK_VALUE(params.device().is_cuda(), op, ": params must be a CUDA tensor, got ", params.device());
 }
 
 // The levels of pixel j of image b, one per channel.

@@ -102,12 +102,25 @@ def _check_loss_args(params, x, num_mixtures, levels, reduction) -> torch.Tensor
         raise ValueError(f"{op}: params must have {expected} channels for {c}-channel images and "
                          f"num_mixtures={num_mixtures} ({expected // num_mixtures} per mixture), "
                          f"got {params.shape[1]}")
+    return x.long()
+
+
+# The value ranges need a device-to-host read; the compiled ops check them themselves
+# (csrc/dmol.cpp), so the wrappers check them only before the reference twins.
+def _check_levels(x: torch.Tensor, levels: int) -> None:
     if x.numel() and not _compiling():
         low, high = torch.aminmax(x)
         if low.item() < 0 or high.item() >= levels:
-            raise ValueError(f"{op}: x must hold levels in [0, {levels}), got values in "
+            raise ValueError(f"dmol_loss: x must hold levels in [0, {levels}), got values in "
                              f"[{low.item()}, {high.item()}]")
-    return x.long()
+
+
+def _check_uniforms(u: torch.Tensor) -> None:
+    if u.numel() and not _compiling():
+        low, high = torch.aminmax(u)
+        if not (low.item() >= 0 and high.item() <= 1):
+            raise ValueError(f"dmol_sample: u must hold uniforms in [0, 1], got values in "
+                             f"[{low.item()}, {high.item()}]")
 
 
 def _channels_of(op: str, params, num_mixtures) -> int:
@@ -137,10 +150,6 @@ def _check_sample_args(params, u, num_mixtures, levels, temperature) -> int:
                          f"uniform per pixel), got {tuple(u.shape)}")
     if u.device != params.device:
         raise ValueError(f"{op}: u is on {u.device} but params is on {params.device}")
-    if u.numel() and not _compiling():
-        low, high = torch.aminmax(u)
-        if not (low.item() >= 0 and high.item() <= 1):
-            raise ValueError(f"{op}: u must hold uniforms in [0, 1], got values in [{low.item()}, {high.item()}]")
     return channels
 
 
@@ -210,6 +219,7 @@ def dmol_loss(params: torch.Tensor, x: torch.Tensor, *, num_mixtures: int, level
     respect to params. impl: "auto", "ext" or "reference"."""
     x = _check_loss_args(params, x, num_mixtures, levels, reduction)
     if not _backend.use_extension("dmol_loss", impl, params, KERNEL_DTYPES):
+        _check_levels(x, levels)
         return dmol_loss_reference(params, x, num_mixtures=num_mixtures, levels=levels, reduction=reduction)
     return _reduce(torch.ops.genfast.dmol_loss(params, x, num_mixtures, levels), reduction)
 
@@ -251,6 +261,7 @@ def dmol_sample(params: torch.Tensor, u: torch.Tensor, *, num_mixtures: int, lev
     temperature: module docstring). impl: "auto", "ext" or "reference"."""
     _check_sample_args(params, u, num_mixtures, levels, temperature)
     if not _backend.use_extension("dmol_sample", impl, params, KERNEL_DTYPES):
+        _check_uniforms(u)
         return dmol_sample_reference(params, u, num_mixtures=num_mixtures, levels=levels,
                                      temperature=float(temperature))
     return torch.ops.genfast.dmol_sample(params, u, num_mixtures, levels, float(temperature))
