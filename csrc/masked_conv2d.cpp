@@ -9,7 +9,7 @@ namespace genfast {
 namespace {
 
 MaskType parse_mask_type(c10::string_view mask_type) {
-  TORCH_CHECK(mask_type == "A" || mask_type == "B",
+  TORCH_CHECK_VALUE(mask_type == "A" || mask_type == "B",
               "masked_conv2d: mask_type must be 'A' or 'B', got '", mask_type, "'");
   return mask_type == "A" ? MaskType::A : MaskType::B;
 }
@@ -45,36 +45,36 @@ LiveTaps check_args(const char* op, const at::Tensor& input, const char* input_n
                     at::IntArrayRef weight_size, at::IntArrayRef dilation,
                     c10::string_view mask_type, int64_t color_groups) {
   const MaskType type = parse_mask_type(mask_type);
-  TORCH_CHECK(input.dim() == 4, op, ": ", input_name, " must be 4-D (N, C, H, W), got ",
+  TORCH_CHECK_VALUE(input.dim() == 4, op, ": ", input_name, " must be 4-D (N, C, H, W), got ",
               input.dim(), "-D");
-  TORCH_CHECK(weight_size.size() == 4, op, ": weight must be 4-D (C_out, C_in, kH, kW), got ",
+  TORCH_CHECK_VALUE(weight_size.size() == 4, op, ": weight must be 4-D (C_out, C_in, kH, kW), got ",
               weight_size.size(), "-D");
-  TORCH_CHECK(input.numel() > 0, op, ": ", input_name, " must not be empty, got shape ",
+  TORCH_CHECK_VALUE(input.numel() > 0, op, ": ", input_name, " must not be empty, got shape ",
               input.sizes());
-  TORCH_CHECK(input.size(1) == weight_size[1], op, ": ", input_name, " has ", input.size(1),
+  TORCH_CHECK_VALUE(input.size(1) == weight_size[1], op, ": ", input_name, " has ", input.size(1),
               " channels but the weight expects ", weight_size[1]);
-  TORCH_CHECK(weight_size[0] > 0, op, ": weight must not be empty, got shape ", weight_size);
+  TORCH_CHECK_VALUE(weight_size[0] > 0, op, ": weight must not be empty, got shape ", weight_size);
   const int64_t kh = weight_size[2], kw = weight_size[3];
-  TORCH_CHECK(kh % 2 == 1 && kw % 2 == 1 && kh <= kMaxKernelSize && kw <= kMaxKernelSize, op,
+  TORCH_CHECK_VALUE(kh % 2 == 1 && kw % 2 == 1 && kh <= kMaxKernelSize && kw <= kMaxKernelSize, op,
               ": kernel_size must be odd and at most ", kMaxKernelSize, ", got (", kh, ", ", kw,
               ")");
-  TORCH_CHECK(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1, op,
+  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1, op,
               ": dilation must be two positive integers, got ", dilation);
   // Larger offsets would overflow the kernels' 32-bit pixel coordinates and read real
   // pixels where the true tap lies in the padding.
   TORCH_CHECK_VALUE(dilation[0] <= kMaxDilation && dilation[1] <= kMaxDilation, op,
                     ": dilation must be at most ", kMaxDilation, " (2^24) per dimension, got ",
                     dilation);
-  TORCH_CHECK(color_groups >= 1 && weight_size[0] % color_groups == 0 &&
+  TORCH_CHECK_VALUE(color_groups >= 1 && weight_size[0] % color_groups == 0 &&
                   weight_size[1] % color_groups == 0,
               op, ": color_groups (", color_groups,
               ") must be positive and divide both channel counts of the weight ", weight_size);
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": ", input_name,
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op, ": ", input_name,
               " must be a floating-point tensor, got ", input.scalar_type());
   const int64_t plane = input.size(2) * input.size(3);
   const int64_t channels = std::max(weight_size[0], weight_size[1]);
   const int64_t taps = kh * kw / 2 + 1;
-  TORCH_CHECK(plane * channels * taps <= kMaxIndex32, op,
+  TORCH_CHECK_VALUE(plane * channels * taps <= kMaxIndex32, op,
               ": one sample is too large for 32-bit indexing (", channels, " channels x ",
               input.size(2), " x ", input.size(3), " pixels x ", taps,
               " taps); use smaller images or fewer channels");
@@ -83,9 +83,9 @@ LiveTaps check_args(const char* op, const at::Tensor& input, const char* input_n
 
 void check_same_dtype_and_device(const char* op, const at::Tensor& a, const char* a_name,
                                  const at::Tensor& b, const char* b_name) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " and ", b_name,
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " and ", b_name,
               " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(a.device() == b.device(), op, ": ", a_name, " and ", b_name,
+  TORCH_CHECK_VALUE(a.device() == b.device(), op, ": ", a_name, " and ", b_name,
               " must be on the same device, got ", a.device(), " and ", b.device());
 }
 
@@ -139,7 +139,7 @@ LiveTaps check_masked_conv2d_grad_input(const at::Tensor& grad_output, const at:
                                         int64_t color_groups) {
   const char* op = "masked_conv2d_grad_input";
   check_same_dtype_and_device(op, grad_output, "grad_output", weight, "weight");
-  TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D, got ", weight.dim(), "-D");
+  TORCH_CHECK_VALUE(weight.dim() == 4, op, ": weight must be 4-D, got ", weight.dim(), "-D");
   const std::vector<int64_t> swapped{weight.size(1), weight.size(0), weight.size(2),
                                      weight.size(3)};
   return check_args(op, grad_output, "grad_output", swapped, dilation, mask_type, color_groups);
@@ -150,8 +150,8 @@ LiveTaps check_masked_conv2d_grad_weight(const at::Tensor& grad_output, const at
                                          c10::string_view mask_type, int64_t color_groups) {
   const char* op = "masked_conv2d_grad_weight";
   check_same_dtype_and_device(op, grad_output, "grad_output", input, "input");
-  TORCH_CHECK(kernel_size.size() == 2, op, ": kernel_size must have 2 values, got ", kernel_size);
-  TORCH_CHECK(grad_output.dim() == 4 && input.dim() == 4 &&
+  TORCH_CHECK_VALUE(kernel_size.size() == 2, op, ": kernel_size must have 2 values, got ", kernel_size);
+  TORCH_CHECK_VALUE(grad_output.dim() == 4 && input.dim() == 4 &&
                   grad_output.size(0) == input.size(0) && grad_output.size(2) == input.size(2) &&
                   grad_output.size(3) == input.size(3),
               op, ": grad_output ", grad_output.sizes(), " does not match input ", input.sizes());

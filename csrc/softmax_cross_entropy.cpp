@@ -6,20 +6,20 @@ namespace genfast {
 
 XentLayout check_softmax_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
                                        const char* op) {
-  TORCH_CHECK(logits.dim() >= 2, op, ": logits must be (N, classes, ...) with at least 2 dimensions, "
+  TORCH_CHECK_VALUE(logits.dim() >= 2, op, ": logits must be (N, classes, ...) with at least 2 dimensions, "
               "got shape ", logits.sizes());
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), op, ": logits must be floating point, got ",
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), op, ": logits must be floating point, got ",
               logits.scalar_type());
-  TORCH_CHECK(target.scalar_type() == at::kLong, op, ": target must be int64, got ",
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be int64, got ",
               target.scalar_type());
   auto expected = logits.sizes().vec();
   expected.erase(expected.begin() + 1);
-  TORCH_CHECK(target.sizes() == at::IntArrayRef(expected), op, ": target must have shape ",
+  TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(expected), op, ": target must have shape ",
               at::IntArrayRef(expected), " (logits' without dimension 1), got ", target.sizes());
-  TORCH_CHECK(target.device() == logits.device(), op, ": target is on ", target.device(),
+  TORCH_CHECK_VALUE(target.device() == logits.device(), op, ": target is on ", target.device(),
               " but logits are on ", logits.device());
   const int64_t classes = logits.size(1);
-  TORCH_CHECK(classes >= 1 && classes <= kMaxIndex32, op, ": logits must have between 1 and ",
+  TORCH_CHECK_VALUE(classes >= 1 && classes <= kMaxIndex32, op, ": logits must have between 1 and ",
               kMaxIndex32, " classes in dimension 1, got ", classes);
   XentLayout layout{logits, 1, 1, classes, 1};
   for (int64_t m = 1; m < logits.dim(); ++m) {
@@ -45,11 +45,11 @@ void check_softmax_cross_entropy_backward(const at::Tensor& grad_loss, const at:
   const auto dtype = xent_acc_dtype(logits);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss},
                                 {"max", max}, {"log_sum", log_sum}}) {
-    TORCH_CHECK(t.sizes() == target.sizes(), op, ": ", name, " must have target's shape ",
+    TORCH_CHECK_VALUE(t.sizes() == target.sizes(), op, ": ", name, " must have target's shape ",
                 target.sizes(), ", got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
                 t.scalar_type());
-    TORCH_CHECK(t.device() == logits.device(), op, ": ", name, " is on ", t.device(),
+    TORCH_CHECK_VALUE(t.device() == logits.device(), op, ": ", name, " is on ", t.device(),
                 " but logits are on ", logits.device());
   }
 }

@@ -149,5 +149,5 @@ def test_bad_input(impl, make, error, match):
 @pytest.mark.parametrize("bad", [-1, 4])
 def test_out_of_range_index_is_an_error(impl, bad):
     indices = torch.tensor([0, 1, 3, bad, 1, 0])
-    with pytest.raises((ValueError, RuntimeError), match=f"indices must be in \\[0, 4\\), got {bad} at position 3"):
+    with pytest.raises(ValueError, match=f"indices must be in \\[0, 4\\), got {bad} at position 3"):
         code_statistics(torch.randn(6, 3), indices, 4, impl=impl)

@@ -163,17 +163,17 @@ def test_bad_input(impl, x, groups, error, match):
 @requires_ext
 def test_bad_input_reaching_the_kernel():
     ops = torch.ops.genfast
-    with pytest.raises(RuntimeError, match=r"channels \(5\) must be a multiple of 2 \* groups"):
+    with pytest.raises(ValueError, match=r"channels \(5\) must be a multiple of 2 \* groups"):
         ops.gated_activation(torch.ones(2, 5), 1)
-    with pytest.raises(RuntimeError, match="groups must be positive"):
+    with pytest.raises(ValueError, match="groups must be positive"):
         ops.gated_activation(torch.ones(2, 4), 0)
-    with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
         ops.gated_activation(torch.ones(4), 1)
-    with pytest.raises(RuntimeError, match="floating point"):
+    with pytest.raises(TypeError, match="floating point"):
         ops.gated_activation(torch.ones(2, 4, dtype=torch.long), 1)
-    with pytest.raises(RuntimeError, match="supports float32 and float64"):
+    with pytest.raises(TypeError, match="supports float32 and float64"):
         ops.gated_activation(torch.ones(2, 4, dtype=torch.half), 1)
-    with pytest.raises(RuntimeError, match=r"grad_output must have shape \[2, 2\]"):
+    with pytest.raises(ValueError, match=r"grad_output must have shape \[2, 2\]"):
         ops.gated_activation_backward(torch.ones(2, 4), torch.ones(2, 4), 1)
-    with pytest.raises(RuntimeError, match="grad_output must have x's dtype"):
+    with pytest.raises(TypeError, match="grad_output must have x's dtype"):
         ops.gated_activation_backward(torch.ones(2, 2, dtype=torch.float64), torch.ones(2, 4), 1)

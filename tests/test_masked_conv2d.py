@@ -275,15 +275,15 @@ def test_bad_input(impl, make, error, match):
 def test_bad_input_reaching_the_kernel():
     # Direct op calls (as from C++) are checked in the kernel too.
     x, w = _ok_args()
-    with pytest.raises(RuntimeError, match="mask_type must be 'A' or 'B'"):
+    with pytest.raises(ValueError, match="mask_type must be 'A' or 'B'"):
         torch.ops.genfast.masked_conv2d(x, w, None, [1, 1], "Z", 1)
-    with pytest.raises(RuntimeError, match="kernel_size must be odd"):
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
         torch.ops.genfast.masked_conv2d(x, torch.randn(6, 3, 2, 2), None, [1, 1], "A", 1)
-    with pytest.raises(RuntimeError, match="input has 4 channels"):
+    with pytest.raises(ValueError, match="input has 4 channels"):
         torch.ops.genfast.masked_conv2d(torch.randn(1, 4, 5, 5), w, None, [1, 1], "A", 1)
-    with pytest.raises(RuntimeError, match="float32 and float64"):
+    with pytest.raises(TypeError, match="float32 and float64"):
         torch.ops.genfast.masked_conv2d(x.half(), w.half(), None, [1, 1], "A", 1)
-    with pytest.raises(RuntimeError, match="grad_output"):
+    with pytest.raises(ValueError, match="grad_output"):
         torch.ops.genfast.masked_conv2d_grad_weight(torch.randn(2, 6, 7, 8), x, [3, 3], [1, 1], "A", 1)
 
 
@@ -293,7 +293,7 @@ def test_huge_sizes_rejected():
     # expanded view costs no memory, and the check comes before any allocation.
     x = torch.zeros(1, 1, 1, 1).expand(1, 1000, 300, 300)
     w = torch.zeros(1, 1000, 7, 7)
-    with pytest.raises(RuntimeError, match="too large for 32-bit indexing"):
+    with pytest.raises(ValueError, match="too large for 32-bit indexing"):
         # algorithm="live_tap": "auto" would drop the failing kernel and run a PyTorch algorithm.
         masked_conv2d(x, w, impl="ext", algorithm="live_tap")
 

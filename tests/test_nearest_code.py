@@ -233,18 +233,18 @@ def test_non_finite_input_is_an_error(impl, where, value):
     x, e = _ok_args()
     (x if where == "x" else e)[3, 1] = value
     what = "row 3" if where == "x" else "code 3"
-    with pytest.raises((ValueError, RuntimeError), match=f"{where} contains NaN or infinity \\({what}\\)"):
+    with pytest.raises(ValueError, match=f"{where} contains NaN or infinity \\({what}\\)"):
         nearest_code(x, e, impl=impl)
 
 
 @requires_ext
 def test_bad_input_reaching_the_kernel():
     x, e = _ok_args()
-    with pytest.raises(RuntimeError, match="x has 4 features per row but the codebook's codes have 2"):
+    with pytest.raises(ValueError, match="x has 4 features per row but the codebook's codes have 2"):
         torch.ops.genfast.nearest_code(x, e[:, :2], False)
-    with pytest.raises(RuntimeError, match="at least one code"):
+    with pytest.raises(ValueError, match="at least one code"):
         torch.ops.genfast.nearest_code(x, e[:0], False)
-    with pytest.raises(RuntimeError, match="floating point"):
+    with pytest.raises(TypeError, match="floating point"):
         torch.ops.genfast.nearest_code(x.int(), e.int(), False)
 
 

@@ -194,6 +194,6 @@ def test_the_compiled_op_checks_tensor_ranks(name):
                 with pytest.raises(gap):
                     func(*_clone_tree(bad), **kwargs)
                 continue
-            with pytest.raises((ValueError, TypeError, RuntimeError)) as info:
+            with pytest.raises((ValueError, TypeError)) as info:
                 func(*_clone_tree(bad), **kwargs)
             assert str(info.value).strip(), f"{func}: empty message for argument {i}"

@@ -185,7 +185,7 @@ def test_bad_input(impl, make, error, match):
 def test_out_of_range_target(device, bad):
     target = torch.randint(0, 5, (2, 3), device=device)
     target[1, 2] = bad
-    with pytest.raises((RuntimeError, IndexError), match=r"target must be in \[0, 5\), got " + str(bad)):
+    with pytest.raises(ValueError, match=r"target must be in \[0, 5\), got " + str(bad)):
         softmax_cross_entropy(torch.randn(2, 5, 3, device=device), target, impl="ext")
 
 
@@ -194,19 +194,19 @@ def test_bad_input_reaching_the_kernel():
     ops = torch.ops.genfast
     x, t = torch.randn(2, 5, 3), torch.randint(0, 5, (2, 3))
     loss, mx, ls = ops.softmax_cross_entropy(x, t)
-    with pytest.raises(RuntimeError, match="target must be int64"):
+    with pytest.raises(TypeError, match="target must be int64"):
         ops.softmax_cross_entropy(x, t.int())
-    with pytest.raises(RuntimeError, match=r"target must have shape \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"target must have shape \[2, 3\]"):
         ops.softmax_cross_entropy(x, t[:, :2])
-    with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
         ops.softmax_cross_entropy(x[0, 0], t[0])
-    with pytest.raises(RuntimeError, match="supports float32 and float64"):
+    with pytest.raises(TypeError, match="supports float32 and float64"):
         ops.softmax_cross_entropy(x.half(), t)
-    with pytest.raises(RuntimeError, match=r"target must be in \[0, 5\), got 7 at flat position 4"):
+    with pytest.raises(ValueError, match=r"target must be in \[0, 5\), got 7 at flat position 4"):
         ops.softmax_cross_entropy(x, torch.tensor([[0, 1, 2], [3, 7, 0]]))
-    with pytest.raises(RuntimeError, match="log_sum must have target's shape"):
+    with pytest.raises(ValueError, match="log_sum must have target's shape"):
         ops.softmax_cross_entropy_backward(loss, x, t, mx, ls[:1])
-    with pytest.raises(RuntimeError, match="grad_loss must be Float"):
+    with pytest.raises(TypeError, match="grad_loss must be Float"):
         ops.softmax_cross_entropy_backward(loss.double(), x, t, mx, ls)
-    with pytest.raises(RuntimeError, match=r"target must be in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"target must be in \[0, 5\)"):
         ops.softmax_cross_entropy_backward(loss, x, torch.full((2, 3), -2), mx, ls)

@@ -21,7 +21,7 @@ std::tuple<at::Tensor, at::Tensor> code_statistics_cpu(const at::Tensor& x_in,
                                                        const at::Tensor& indices_in,
                                                        int64_t num_codes) {
   check_code_statistics(x_in, indices_in, num_codes);
-  TORCH_CHECK(x_in.device().is_cpu(), "code_statistics: x must be a CPU tensor, got ",
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "code_statistics: x must be a CPU tensor, got ",
               x_in.device());
   const auto x = x_in.contiguous();
   const auto indices = indices_in.contiguous();
@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> code_statistics_cpu(const at::Tensor& x_in,
   const int64_t* idx = indices.const_data_ptr<int64_t>();
   int64_t* count = counts.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(idx[i] >= 0 && idx[i] < num_codes, "code_statistics: indices must be in [0, ",
+    TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < num_codes, "code_statistics: indices must be in [0, ",
                 num_codes, "), got ", idx[i], " at position ", i);
     ++count[idx[i]];
   }

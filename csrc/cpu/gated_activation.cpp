@@ -57,9 +57,9 @@ void for_runs(int64_t begin, int64_t end, int64_t half, const Fn& fn) {
 
 at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
   const int64_t half = check_gated_activation(x_in, groups);
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "gated_activation: the CPU kernel supports float32 and float64 x, got ", x_in.scalar_type());
-  TORCH_CHECK(x_in.device().is_cpu(), "gated_activation: x must be a CPU tensor, got ", x_in.device());
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "gated_activation: x must be a CPU tensor, got ", x_in.device());
   const auto x = x_in.contiguous();
   auto out = at::empty(gated_activation_shape(x), x.options());
   if (out.numel() == 0) return out;
@@ -79,9 +79,9 @@ at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
 at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                          int64_t groups) {
   const int64_t half = check_gated_activation_backward(grad_in, x_in, groups);
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "gated_activation_backward: the CPU kernel supports float32 and float64 x, got ", x_in.scalar_type());
-  TORCH_CHECK(x_in.device().is_cpu(), "gated_activation_backward: x must be a CPU tensor, got ",
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "gated_activation_backward: x must be a CPU tensor, got ",
               x_in.device());
   const auto x = x_in.contiguous();
   const auto grad = grad_in.contiguous();

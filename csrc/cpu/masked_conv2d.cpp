@@ -48,8 +48,8 @@ void gather_live_taps(const scalar_t* src, int64_t channels, int64_t height, int
 }
 
 void check_cpu(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
               ": the CPU kernel supports float32 and float64, got ", name, " of ",
               t.scalar_type());
 }

@@ -115,7 +115,7 @@ PackedCodebook<acc_t> pack_codebook(const scalar_t* codes, int64_t k, int64_t di
       }
     }
   });
-  TORCH_CHECK(first_bad.load() < 0, "nearest_code: codebook contains NaN or infinity (code ",
+  TORCH_CHECK_VALUE(first_bad.load() < 0, "nearest_code: codebook contains NaN or infinity (code ",
               first_bad.load(), "); the nearest code is undefined for non-finite vectors");
   cb.max_norm = *std::max_element(norms.begin(), norms.end());
   return cb;
@@ -326,14 +326,14 @@ void nearest_code_kernel(const scalar_t* x, int64_t n, const scalar_t* codes,
       }
     }
   });
-  TORCH_CHECK(first_bad.load() < 0, "nearest_code: x contains NaN or infinity (row ",
+  TORCH_CHECK_VALUE(first_bad.load() < 0, "nearest_code: x contains NaN or infinity (row ",
               first_bad.load(), "); the nearest code is undefined for non-finite vectors");
 }
 
 std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x_in,
                                                     const at::Tensor& codebook_in, bool cosine) {
   check_nearest_code(x_in, codebook_in);
-  TORCH_CHECK(x_in.device().is_cpu(), "nearest_code: x must be a CPU tensor, got ", x_in.device());
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "nearest_code: x must be a CPU tensor, got ", x_in.device());
   const auto x = x_in.contiguous();
   const auto codes = codebook_in.contiguous();
   const int64_t n = x.size(0), k = codes.size(0), dim = codes.size(1);

@@ -25,7 +25,7 @@ constexpr int64_t kBlock = 64;  // inner positions per block: a few vectors, kep
 void check_targets(const at::Tensor& target, int64_t classes, const char* op) {
   const int64_t* t = target.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < target.numel(); ++i) {
-    TORCH_CHECK(t[i] >= 0 && t[i] < classes, op, ": target must be in [0, ", classes, "), got ",
+    TORCH_CHECK_VALUE(t[i] >= 0 && t[i] < classes, op, ": target must be in [0, ", classes, "), got ",
                 t[i], " at flat position ", i);
   }
 }
@@ -109,9 +109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_cpu(const a
                                                              const at::Tensor& target_in) {
   const char* op = "softmax_cross_entropy";
   const auto l = check_softmax_cross_entropy(logits, target_in, op);
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
+  TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
               "softmax_cross_entropy: the CPU kernel supports float32 and float64 logits, got ", logits.scalar_type());
-  TORCH_CHECK(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
+  TORCH_CHECK_VALUE(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
   const auto target = target_in.contiguous();
   check_targets(target, l.classes, op);
   const auto acc = xent_acc_dtype(logits);
@@ -141,9 +141,9 @@ at::Tensor softmax_cross_entropy_backward_cpu(const at::Tensor& grad_loss_in, co
   const char* op = "softmax_cross_entropy_backward";
   check_softmax_cross_entropy_backward(grad_loss_in, logits, target_in, max_in, log_sum_in);
   const auto l = check_softmax_cross_entropy(logits, target_in, op);
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
+  TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
               "softmax_cross_entropy_backward: the CPU kernel supports float32 and float64 logits, got ", logits.scalar_type());
-  TORCH_CHECK(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
+  TORCH_CHECK_VALUE(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
   const auto target = target_in.contiguous();
   check_targets(target, l.classes, op);
   const auto grad_loss = grad_loss_in.contiguous();  // small: one value per position

@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> code_statistics_cuda(const at::Tensor& x_in,
                                                         const at::Tensor& indices_in,
                                                         int64_t num_codes) {
   check_code_statistics(x_in, indices_in, num_codes);
-  TORCH_CHECK(x_in.is_cuda(), "code_statistics: x must be a CUDA tensor, got ", x_in.device());
+  TORCH_CHECK_VALUE(x_in.is_cuda(), "code_statistics: x must be a CUDA tensor, got ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
   const auto indices = indices_in.contiguous();
@@ -128,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> code_statistics_cuda(const at::Tensor& x_in,
   const auto bad = static_cast<unsigned long long>(first_bad.item<int64_t>());  // synchronises
   if (bad != kNoBadIndex) {
     const int64_t value = indices[static_cast<int64_t>(bad)].item<int64_t>();
-    TORCH_CHECK(false, "code_statistics: indices must be in [0, ", num_codes, "), got ", value,
+    TORCH_CHECK_VALUE(false, "code_statistics: indices must be in [0, ", num_codes, "), got ", value,
                 " at position ", bad);
   }
   if (dim == 0) return {counts, sums};

@@ -46,7 +46,7 @@ __global__ void gate_backward_kernel(const scalar_t* __restrict__ grad, const sc
 
 at::Tensor gated_activation_cuda(const at::Tensor& x_in, int64_t groups) {
   const int64_t half = check_gated_activation(x_in, groups);
-  TORCH_CHECK(x_in.is_cuda(), "gated_activation: x must be a CUDA tensor, got ", x_in.device());
+  TORCH_CHECK_VALUE(x_in.is_cuda(), "gated_activation: x must be a CUDA tensor, got ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
   auto out = at::empty(gated_activation_shape(x), x.options());
@@ -64,7 +64,7 @@ at::Tensor gated_activation_cuda(const at::Tensor& x_in, int64_t groups) {
 at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                           int64_t groups) {
   const int64_t half = check_gated_activation_backward(grad_in, x_in, groups);
-  TORCH_CHECK(x_in.is_cuda(), "gated_activation_backward: x must be a CUDA tensor, got ", x_in.device());
+  TORCH_CHECK_VALUE(x_in.is_cuda(), "gated_activation_backward: x must be a CUDA tensor, got ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
   const auto grad = grad_in.contiguous();

@@ -161,7 +161,7 @@ __global__ void sum_partials_kernel(const acc_t* __restrict__ partial, int64_t b
 }
 
 void check_cuda(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK_VALUE(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
 }
 
 unsigned blocks_for(int64_t tasks) { return static_cast<unsigned>(std::min(tasks, kMaxBlocks)); }

@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 void check_cuda(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK_VALUE(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
 }
 
 // SM counts of all devices, read once (no driver query per training step).
@@ -247,7 +247,7 @@ int64_t tiles(int64_t size, int64_t tile) { return (size + tile - 1) / tile; }
 // Grid x of both kernels: every (row tile, column tile) pair.
 unsigned tile_pairs(const char* op, int64_t rows, int64_t cols) {
   const int64_t pairs = tiles(rows, kTileM) * tiles(cols, kTileN);
-  TORCH_CHECK(pairs <= std::numeric_limits<int32_t>::max(), op, ": ", rows, " x ", cols,
+  TORCH_CHECK_VALUE(pairs <= std::numeric_limits<int32_t>::max(), op, ": ", rows, " x ", cols,
               " output tiles exceed the CUDA grid; use fewer channels");
   return static_cast<unsigned>(pairs);
 }

@@ -286,9 +286,9 @@ __global__ void resolve_kernel(const scalar_t* __restrict__ x, const double* __r
 std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x_in,
                                                      const at::Tensor& codebook_in, bool cosine) {
   check_nearest_code(x_in, codebook_in);
-  TORCH_CHECK(x_in.is_cuda(), "nearest_code: x must be a CUDA tensor, got ", x_in.device());
+  TORCH_CHECK_VALUE(x_in.is_cuda(), "nearest_code: x must be a CUDA tensor, got ", x_in.device());
   const auto dtype = x_in.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
               "nearest_code: the CUDA kernel supports float32, float16 and bfloat16, got ", dtype);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
@@ -321,9 +321,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x_in,
   });
   const auto bad_host = first_bad.cpu();  // synchronises: NaN must be an error, not an index
   const auto* bad_rows = reinterpret_cast<const unsigned long long*>(bad_host.const_data_ptr<int64_t>());
-  TORCH_CHECK(bad_rows[0] == kNoBadRow, "nearest_code: codebook contains NaN or infinity (code ",
+  TORCH_CHECK_VALUE(bad_rows[0] == kNoBadRow, "nearest_code: codebook contains NaN or infinity (code ",
               bad_rows[0], "); the nearest code is undefined for non-finite vectors");
-  TORCH_CHECK(bad_rows[1] == kNoBadRow, "nearest_code: x contains NaN or infinity (row ",
+  TORCH_CHECK_VALUE(bad_rows[1] == kNoBadRow, "nearest_code: x contains NaN or infinity (row ",
               bad_rows[1], "); the nearest code is undefined for non-finite vectors");
   if (n == 0) return {indices, sq_dist};
 

@@ -70,14 +70,14 @@ void raise_bad_target(const at::Tensor& first_bad, const at::Tensor& target, int
   const auto bad = static_cast<unsigned long long>(first_bad.item<int64_t>());  // synchronises
   if (bad == std::numeric_limits<unsigned long long>::max()) return;
   const int64_t value = target.reshape(-1)[static_cast<int64_t>(bad)].item<int64_t>();
-  TORCH_CHECK(false, op, ": target must be in [0, ", classes, "), got ", value, " at flat position ", bad);
+  TORCH_CHECK_VALUE(false, op, ": target must be in [0, ", classes, "), got ", value, " at flat position ", bad);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_cuda(const at::Tensor& logits,
                                                                           const at::Tensor& target_in) {
   const char* op = "softmax_cross_entropy";
   const auto l = check_softmax_cross_entropy(logits, target_in, op);
-  TORCH_CHECK(logits.is_cuda(), op, ": logits must be a CUDA tensor, got ", logits.device());
+  TORCH_CHECK_VALUE(logits.is_cuda(), op, ": logits must be a CUDA tensor, got ", logits.device());
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto target = target_in.contiguous();
   const auto acc = xent_acc_dtype(logits);
@@ -105,7 +105,7 @@ at::Tensor softmax_cross_entropy_backward_cuda(const at::Tensor& grad_loss_in, c
   const char* op = "softmax_cross_entropy_backward";
   check_softmax_cross_entropy_backward(grad_loss_in, logits, target_in, max_in, log_sum_in);
   const auto l = check_softmax_cross_entropy(logits, target_in, op);
-  TORCH_CHECK(logits.is_cuda(), op, ": logits must be a CUDA tensor, got ", logits.device());
+  TORCH_CHECK_VALUE(logits.is_cuda(), op, ": logits must be a CUDA tensor, got ", logits.device());
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto target = target_in.contiguous();
   const auto grad_loss = grad_loss_in.contiguous();
