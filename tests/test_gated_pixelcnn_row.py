@@ -583,6 +583,19 @@ def test_cuda_kernels_equal_the_reference_in_float64(monkeypatch, kernel, shape)
 
 @pytest.mark.cuda
 @requires_cuda
+@pytest.mark.parametrize("kernel", ["batched", "phases", "per_image"])
+def test_cuda_every_output_is_written_by_each_kernel(monkeypatch, poisoned_allocations, kernel):
+    # As test_every_output_is_written, for each kernel (the GPU check's sanitizer subsets
+    # select tests by this name), with groups of more than one 32-column tile.
+    monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
+    for args in (random_row_case(310, "cuda", torch.float32), to_device(cuda_row_case(311, 9, 3, 42, torch.float32), "cuda")):
+        values, logits = gated_pixelcnn_row(*args, impl="ext")
+        assert torch.isfinite(logits).all()
+        assert ((values >= 0) & (values < logits.shape[-1])).all()
+
+
+@pytest.mark.cuda
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_batched_kernel_is_deterministic_and_grid_independent(monkeypatch, dtype):
     # The same sums in the same order whatever the grid: one cooperative launch, one
