@@ -66,7 +66,7 @@ GatedRowShape check_gated_pixelcnn_row(const at::Tensor& prefix, const at::Tenso
                                        const at::Tensor& row_bias, const GatedRowWeights& w,
                                        bool check_levels);
 
-// Shared memory of one block of the CUDA kernel: the dynamic part (every layer's gated
+// Shared memory of one block of the per-image CUDA kernel (the fallback): the dynamic part (every layer's gated
 // units, the skip sum, the head's input and hidden layer: (L + 3) H values, a group's
 // pre-activations and outputs: 3 H / C) and the static part (block_gemv's partial sums,
 // kGemvWarps x 32 values). A launch needs their total; above 48 KiB only with the
