@@ -1,6 +1,8 @@
 #include "gated_pixelcnn_row.h"
 
 #include <algorithm>
+#include <climits>
+#include <cstring>
 
 #include <ATen/ATen.h>
 
@@ -80,6 +82,36 @@ GatedRowSharedMemory gated_row_shared_memory(const GatedRowShape& s, size_t elem
   const size_t group = static_cast<size_t>(s.hidden / s.channels);
   return {element_size * (static_cast<size_t>(s.layers + 3) * s.hidden + 3 * group),
           element_size * kGemvWarps * 32};
+}
+
+GatedRowTiling gated_row_tiling(const GatedRowShape& s) {
+  // Tile counts in 64 bits first: the kernel indexes tiles with ints.
+  const int64_t image_tiles = (s.batch + kRowTileImages - 1) / kRowTileImages;
+  const int64_t group_columns = (s.hidden / s.channels + kRowTileColumns - 1) / kRowTileColumns;
+  const int64_t level_columns = (s.levels + kRowTileColumns - 1) / kRowTileColumns;
+  TORCH_CHECK_VALUE(2 * group_columns * image_tiles <= INT_MAX && level_columns * image_tiles <= INT_MAX &&
+                        s.layers + 3 <= INT_MAX,
+                    kOp, ": ", s.batch, " images of ", s.hidden, " hidden channels and ", s.levels,
+                    " levels are too many tiles for the CUDA kernel");
+  return GatedRowTiling{static_cast<int>(s.batch), static_cast<int>(s.channels),
+                        static_cast<int>(s.hidden), static_cast<int>(s.levels),
+                        static_cast<int>(s.layers)};
+}
+
+int64_t gated_row_work_elements(const GatedRowShape& s, int64_t grid) {
+  return (s.layers + 3) * s.batch * s.hidden + grid * kRowTileImages * (s.hidden / s.channels);
+}
+
+GatedRowKernel gated_row_kernel_choice(const char* value) {
+  if (value == nullptr || std::strcmp(value, "") == 0 || std::strcmp(value, "auto") == 0) {
+    return GatedRowKernel::kAuto;
+  }
+  if (std::strcmp(value, "batched") == 0) return GatedRowKernel::kBatched;
+  if (std::strcmp(value, "phases") == 0) return GatedRowKernel::kPhases;
+  if (std::strcmp(value, "per_image") == 0) return GatedRowKernel::kPerImage;
+  TORCH_CHECK_VALUE(false, kOp, ": GENFAST_GATED_ROW_KERNEL must be 'auto', 'batched', 'phases' or ",
+                    "'per_image', got '", value, "'");
+  return GatedRowKernel::kAuto;  // not reached
 }
 
 }  // namespace genfast

@@ -41,6 +41,7 @@
 
 #include "checks.h"
 #include "common.h"
+#include "gated_row_tiles.h"
 #include "sampling_math.h"
 
 namespace genfast {
@@ -65,7 +66,7 @@ GatedRowShape check_gated_pixelcnn_row(const at::Tensor& prefix, const at::Tenso
                                        const at::Tensor& row_bias, const GatedRowWeights& w,
                                        bool check_levels);
 
-// Shared memory of one block of the CUDA kernel: the dynamic part (every layer's gated
+// Shared memory of one block of the per-image CUDA kernel (the fallback): the dynamic part (every layer's gated
 // units, the skip sum, the head's input and hidden layer: (L + 3) H values, a group's
 // pre-activations and outputs: 3 H / C) and the static part (block_gemv's partial sums,
 // kGemvWarps x 32 values). A launch needs their total; above 48 KiB only with the
@@ -76,5 +77,24 @@ struct GatedRowSharedMemory {
   bool needs_opt_in() const { return total() > kDefaultSharedMemoryBytes; }
 };
 GatedRowSharedMemory gated_row_shared_memory(const GatedRowShape& s, size_t element_size);
+
+// ---- the batched CUDA kernel (csrc/gated_row_tiles.h) -----------------------------
+// Its tiling of a row; ValueError when a phase's tile count would not fit an int.
+GatedRowTiling gated_row_tiling(const GatedRowShape& s);
+
+// Elements of its work buffer for `grid` blocks: every layer's gated units, the skip
+// sum over layers < L - 1, the complete skip sum and the head's hidden layer ((L + 3) N H
+// values, zeroed after each column's last colour), then each block's inline slice
+// (kRowTileImages x H / C values).
+int64_t gated_row_work_elements(const GatedRowShape& s, int64_t grid);
+
+// Which CUDA kernel runs a row, from the environment variable GENFAST_GATED_ROW_KERNEL
+// (unset or "" = "auto"): "auto" (the batched kernel in one cooperative launch where
+// the device supports it, else the per-image kernel), "batched" (cooperative, or an
+// error), "phases" (the batched kernel, one ordinary launch per phase: no grid
+// barrier, W C (L + 3) launches per row; for tests and devices without cooperative
+// launch) or "per_image" (the one-block-per-image kernel). ValueError otherwise.
+enum class GatedRowKernel { kAuto, kBatched, kPhases, kPerImage };
+GatedRowKernel gated_row_kernel_choice(const char* value);
 
 }  // namespace genfast

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import DEVICES, requires_ext
+from conftest import DEVICES, requires_cuda, requires_ext
 
 from genfast.models import GatedPixelCNN
 from genfast.ops import (GatedRowWeights, gated_pixelcnn_row, gated_pixelcnn_row_reference,
@@ -307,7 +307,10 @@ def test_cuda_shared_memory_counts_the_static_part():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("device", DEVICES[1:])
-def test_a_row_needing_more_than_48_kib_of_shared_memory_runs(device):
+@pytest.mark.parametrize("kernel", ["auto", "per_image"])
+def test_a_row_needing_more_than_48_kib_of_shared_memory_runs(monkeypatch, device, kernel):
+    # The per-image kernel's block needs the opt-in; the batched one has no such limit.
+    monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
     c, h, layers, levels, taps, n, width = 3, 384, 28, 4, 2, 2, 3
     gen = torch.Generator().manual_seed(0)
 
@@ -326,3 +329,349 @@ def test_a_row_needing_more_than_48_kib_of_shared_memory_runs(device):
                                         GatedRowWeights(*[w.to(device) for w in weights]), impl="ext")
     assert torch.equal(values.cpu(), want_values)
     torch.testing.assert_close(logits.cpu(), want_logits, rtol=1e-4, atol=1e-4)
+
+
+# ---- the batched CUDA kernel ---------------------------------------------------------
+# Its tiling (csrc/gated_row_tiles.h) is checked on the CPU through genfast._C, and its
+# data flow (inline residual and skip slices, writers, zeroing between columns) by
+# simulate_batched_row, a Python twin of the kernel's schedule run tile by tile. The
+# kernel itself runs in the CUDA tests below (scripts/gpu_check.sh).
+
+GATE, SKIP, HEAD1, HEAD2, DRAW = range(5)
+TILE_IMAGES, TILE_COLUMNS = 8, 32
+CUDA_KERNELS = ["auto", "batched", "phases", "per_image"]
+
+
+def tile_shapes():
+    # (batch, channels, hidden, levels, layers): batches 1/3/17, grey and RGB, groups that
+    # are not multiples of the 32-column tile (14, 42, 1) and level counts around it.
+    return [(1, 1, 14, 2, 1), (3, 3, 42, 33, 2), (17, 3, 126, 256, 4), (17, 1, 64, 7, 3),
+            (9, 3, 3, 32, 1), (16, 3, 126, 256, 15)]
+
+
+def tile_cover(tiles, kinds, layer, images, columns):
+    """How often the tiles of `kinds` (and `layer`, unless None) cover each (image, column)."""
+    count = torch.zeros(images, columns, dtype=torch.int64)
+    for kind, tile_layer, image0, column0, _ in tiles:
+        if kind in kinds and (layer is None or tile_layer == layer):
+            count[image0:image0 + TILE_IMAGES, column0:column0 + TILE_COLUMNS] += 1
+    return count
+
+
+@requires_ext
+@pytest.mark.parametrize("shape", tile_shapes())
+def test_batched_tiles_cover_every_output_once(shape):
+    from genfast import _C
+
+    n, c, h, levels, layers = shape
+    group = h // c
+    phases, max_tiles, work = _C._gated_row_tiles(n, c, h, levels, layers, 5)
+    assert len(phases) == layers + 3
+    assert max_tiles == max(len(tiles) for tiles in phases)
+    assert work == (layers + 3) * n * h + 5 * TILE_IMAGES * group
+    for phase, tiles in enumerate(phases):
+        for kind, layer, image0, column0, _ in tiles:
+            assert 0 <= image0 < n and image0 % TILE_IMAGES == 0 and column0 % TILE_COLUMNS == 0
+        if phase < layers:
+            assert (tile_cover(tiles, {GATE}, phase, n, group) == 1).all()
+            assert tile_cover(tiles, {GATE}, None, n, group).sum() == n * group
+            want_skip = 1 if phase >= 1 else 0
+            assert (tile_cover(tiles, {SKIP}, phase - 1, n, group) == want_skip).all()
+            assert tile_cover(tiles, {SKIP}, None, n, group).sum() == want_skip * n * group
+        elif phase == layers:
+            assert (tile_cover(tiles, {HEAD1}, None, n, group) == 1).all()
+        elif phase == layers + 1:
+            assert (tile_cover(tiles, {HEAD2}, None, n, levels) == 1).all()
+        else:
+            assert (tile_cover(tiles, {DRAW}, None, n, 1) == 1).all()
+        # Writers: exactly one per image tile where a slice is recomputed inline (gate
+        # tiles of layers >= 1, head tiles 1), and it covers the whole group.
+        writers = [t for t in tiles if t[4]]
+        if (phase >= 1 and phase < layers) or phase == layers:
+            kind = GATE if phase < layers else HEAD1
+            assert all(t[0] == kind and t[3] == 0 for t in writers)
+            assert sorted(t[2] for t in writers) == list(range(0, n, TILE_IMAGES))
+        else:
+            assert writers == []
+
+
+@requires_ext
+def test_batched_row_steps_walk_the_sub_pixels_in_order():
+    from genfast import _C
+
+    phases, channels, width = 6, 3, 4
+    steps = [_C._gated_row_step(q, phases, channels) for q in range(width * channels * phases)]
+    assert steps == [(j, c, p) for j in range(width) for c in range(channels) for p in range(phases)]
+    assert _C._gated_row_step(2**40 + 5, 7, 3)[0] == (2**40 + 5) // 7 // 3  # 64-bit steps
+
+
+@requires_ext
+def test_batched_tiling_rejects_tile_counts_past_int():
+    from genfast import _C
+
+    with pytest.raises(ValueError, match="too many tiles for the CUDA kernel"):
+        _C._gated_row_tiles(2**26, 1, 2**20, 2, 1, 1)
+
+
+@requires_ext
+def test_kernel_choice():
+    from genfast import _C
+
+    assert [_C._gated_row_kernel_choice(v) for v in ["", "auto", "batched", "phases", "per_image"]] == \
+        ["auto", "auto", "batched", "phases", "per_image"]
+    with pytest.raises(ValueError, match="GENFAST_GATED_ROW_KERNEL must be 'auto', 'batched', 'phases' or "
+                                         "'per_image', got 'fast'"):
+        _C._gated_row_kernel_choice("fast")
+
+
+def simulate_batched_row(prefix, known, uniforms, temperature, row_bias, w, grid, reverse=False):
+    """The batched kernel's schedule in torch ops: per sub-pixel and phase, block b runs
+    tiles b, b + grid, ... of the phase (from genfast._C._gated_row_tiles) with its own
+    slice buffer, the blocks one after the other (in reverse order with `reverse`, so
+    that a block reading what another writes in the same phase would see a different
+    value in one of the two orders)."""
+    from genfast import _C
+    from genfast.ops._draw import draw_from_logits
+
+    n, c, width = prefix.shape
+    levels, e = w.feature_table.shape
+    layers, h = row_bias.shape[0], row_bias.shape[3] // 2
+    taps, group, p = w.first_weight.shape[0], h // c, 2 * h
+    pg, pad = p // c, taps - 1
+    phases, _, _ = _C._gated_row_tiles(n, c, h, levels, layers, grid)
+    new = row_bias.new_zeros
+    input0, inputs = new(n, width + pad, c * e), new(max(layers - 1, 0), n, width + pad, h)
+    gated, skip, skip_total, hidden = new(layers, n, h), new(n, h), new(n, h), new(n, h)
+    slices = new(grid, TILE_IMAGES, group)
+    values = torch.full_like(prefix, -2)
+    logits = row_bias.new_full((n, c, width, levels), float("nan"))
+    for j in range(width):
+        cur = j + pad
+        for colour in range(c):
+            g = slice(colour * group, (colour + 1) * group)  # colour group's channels
+            for phase, tiles in enumerate(phases):
+                blocks = list(range(grid))[::-1] if reverse else range(grid)
+                for b in blocks:
+                    for kind, layer, image0, column0, writer in tiles[b::grid]:
+                        im = slice(image0, min(image0 + TILE_IMAGES, n))
+                        rows = im.stop - im.start
+                        cols = torch.arange(column0, min(column0 + TILE_COLUMNS, levels if kind == HEAD2 else group))
+                        sl = slices[b, :rows]
+                        if kind == GATE:
+                            k = c * e if layer == 0 else h
+                            buf = input0 if layer == 0 else inputs[layer - 1]
+                            x = buf[im, j:j + taps].clone()
+                            if layer >= 1:
+                                m = layer - 1
+                                y = gated[m, im] @ w.residual_weight[m][:, g] + w.residual_bias[m, g]
+                                if m >= 1:
+                                    y = y + inputs[m - 1][im, cur, g]
+                                sl.copy_(y)
+                                if writer:
+                                    buf[im, cur, g] = y
+                                x[:, taps - 1, g] = sl
+                            x = x.reshape(rows, taps * k)
+                            wl = (w.first_weight if layer == 0 else w.horizontal_weight[layer - 1]).reshape(taps * k, p)
+                            bias = row_bias[layer, im, j]
+                            za = x @ wl[:, colour * pg + cols] + bias[:, colour * pg + cols]
+                            zb = x @ wl[:, colour * pg + group + cols] + bias[:, colour * pg + group + cols]
+                            gated[layer, im, colour * group + cols] = torch.tanh(za) * torch.sigmoid(zb)
+                        elif kind == SKIP:
+                            o = colour * group + cols
+                            skip[im, o] += gated[layer, im] @ w.skip_weight[layer][:, o] + w.skip_bias[layer, o]
+                        elif kind == HEAD1:
+                            m = layers - 1
+                            y = skip[im, g] + (gated[m, im] @ w.skip_weight[m][:, g] + w.skip_bias[m, g])
+                            sl.copy_(y)
+                            if writer:
+                                skip_total[im, g] = y
+                            x = skip_total[im].clone()
+                            x[:, g] = sl
+                            o = colour * group + cols
+                            hidden[im, o] = torch.relu(torch.relu(x) @ w.head_weight1[:, o] + w.head_bias1[o])
+                        elif kind == HEAD2:
+                            o = colour * levels + cols
+                            logits[im, colour, j, cols] = hidden[im] @ w.head_weight2[:, o] + w.head_bias2[o]
+                        else:
+                            for i in range(im.start, im.stop):
+                                given = int(prefix[i, colour, j])
+                                value = ((given if 0 <= given < levels else -1) if known[i, colour, j] else
+                                         int(draw_from_logits(logits[i:i + 1, colour, j], uniforms[j, colour, i:i + 1],
+                                                              temperature)[0]))
+                                values[i, colour, j] = value
+                                input0[i, cur, colour * e:(colour + 1) * e] = (
+                                    w.feature_table[value] if value >= 0 else 0)
+            if colour == c - 1:  # the column is done
+                for t in (gated, skip, skip_total, hidden):
+                    t.zero_()
+    return values, logits
+
+
+@requires_ext
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("grid,reverse", [(1, False), (2, True), (3, False), (64, True)])
+def test_batched_schedule_equals_reference(seed, grid, reverse):
+    # The kernel's data flow, tile by tile on the CPU: equal to the documented row
+    # whatever the grid (blocks take tiles in turn) and the order of the blocks.
+    args = random_row_case(1000 + seed)
+    want_values, want_logits = gated_pixelcnn_row_reference(*args)
+    values, logits = simulate_batched_row(*args, grid=grid, reverse=reverse)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-10, atol=1e-10)
+    assert torch.equal(values, want_values)
+
+
+@requires_ext
+@pytest.mark.parametrize("shape", [(17, 3, 42), (9, 1, 33)])
+@pytest.mark.parametrize("grid,reverse", [(1, False), (64, False), (64, True)])
+def test_batched_schedule_with_several_column_tiles_equals_reference(shape, grid, reverse):
+    # Groups of more than 32 channels and 33 levels: several column tiles share their
+    # images, so the readers of an inline slice and its writer run in the same phase.
+    args = cuda_row_case(1050 + sum(shape), *shape)
+    want_values, want_logits = gated_pixelcnn_row_reference(*args)
+    values, logits = simulate_batched_row(*args, grid=grid, reverse=reverse)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-10, atol=1e-10)
+    assert torch.equal(values, want_values)
+
+
+def to_device(args, device):
+    return tuple(GatedRowWeights(*[t.to(device) for t in a]) if isinstance(a, GatedRowWeights)
+                 else a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def cuda_row_case(seed, n, c, group, dtype=torch.float64, levels=33, layers=3, taps=3, e=1):
+    """A row with the given sizes (random masked weights as random_row_case's)."""
+    gen = torch.Generator().manual_seed(seed)
+    h = c * group
+
+    def rand(*shape):
+        return torch.randn(shape, generator=gen, dtype=dtype)
+
+    def taps_mask(cin, cout, mask_type):
+        return masked_conv2d_mask(cin, cout, (1, 2 * taps - 1), mask_type, c, dtype=dtype)[:, :, 0, :taps].permute(2, 1, 0)
+
+    def pointwise_mask(cin, cout):
+        return masked_conv2d_mask(cin, cout, 1, "B", c, dtype=dtype)[:, :, 0, 0].t()
+
+    weights = GatedRowWeights(rand(levels, e), rand(taps, c * e, 2 * h) * taps_mask(c * e, 2 * h, "A") / taps,
+                              rand(layers - 1, taps, h, 2 * h) * taps_mask(h, 2 * h, "B") / (taps * h) ** 0.5,
+                              rand(layers, h, h) * pointwise_mask(h, h) / h ** 0.5, rand(layers, h),
+                              rand(layers, h, h) * pointwise_mask(h, h) / h ** 0.5, rand(layers, h),
+                              rand(h, h) * pointwise_mask(h, h) / h ** 0.5, rand(h),
+                              rand(h, c * levels) * pointwise_mask(h, c * levels) / h ** 0.5, rand(c * levels))
+    width = 5
+    prefix = torch.randint(0, levels, (n, c, width), generator=gen)
+    known = torch.rand((n, c, width), generator=gen) < 0.3
+    uniforms = torch.rand((width, c, n), generator=gen, dtype=torch.float64)
+    return prefix, known, uniforms, 0.9, rand(layers, n, width, 2 * h), weights
+
+
+CUDA_SHAPES = [(1, 1, 14), (3, 3, 14), (17, 3, 42), (17, 1, 33), (8, 3, 1)]  # (batch, colours, group)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("kernel", CUDA_KERNELS)
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
+def test_cuda_kernels_equal_the_reference_in_float64(monkeypatch, kernel, shape):
+    monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
+    args = cuda_row_case(1100, *shape)
+    want_values, want_logits = gated_pixelcnn_row_reference(*args)
+    values, logits = gated_pixelcnn_row(*to_device(args, "cuda"), impl="ext")
+    torch.testing.assert_close(logits.cpu(), want_logits, rtol=1e-10, atol=1e-10)
+    assert torch.equal(values.cpu(), want_values)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("kernel", ["batched", "phases", "per_image"])
+def test_cuda_every_output_is_written_by_each_kernel(monkeypatch, poisoned_allocations, kernel):
+    # As test_every_output_is_written, for each kernel (the GPU check's sanitizer subsets
+    # select tests by this name), with groups of more than one 32-column tile.
+    monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
+    for args in (random_row_case(310, "cuda", torch.float32), to_device(cuda_row_case(311, 9, 3, 42, torch.float32), "cuda")):
+        values, logits = gated_pixelcnn_row(*args, impl="ext")
+        assert torch.isfinite(logits).all()
+        assert ((values >= 0) & (values < logits.shape[-1])).all()
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_batched_kernel_is_deterministic_and_grid_independent(monkeypatch, dtype):
+    # The same sums in the same order whatever the grid: one cooperative launch, one
+    # launch per phase (a grid of max_tiles blocks) and a second run agree bit for bit.
+    args = to_device(cuda_row_case(1200, 17, 3, 42, dtype=dtype, layers=4), "cuda")
+    runs = []
+    for kernel in ("batched", "batched", "phases"):
+        monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
+        runs.append(gated_pixelcnn_row(*args, impl="ext"))
+    for values, logits in runs[1:]:
+        assert torch.equal(values, runs[0][0]) and torch.equal(logits, runs[0][1])
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("kernel", ["batched", "per_image"])
+def test_cuda_teacher_forcing_and_known_values(monkeypatch, kernel):
+    monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
+    prefix, known, uniforms, temperature, row_bias, weights = cuda_row_case(1300, 17, 3, 14)
+    for known in (torch.ones_like(known), known):
+        args = (prefix, known, uniforms, temperature, row_bias, weights)
+        want_values, want_logits = gated_pixelcnn_row_reference(*args)
+        values, logits = gated_pixelcnn_row(*to_device(args, "cuda"), impl="ext")
+        assert torch.equal(values.cpu(), want_values)
+        assert torch.equal(values.cpu()[known], prefix[known])
+        torch.testing.assert_close(logits.cpu(), want_logits, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("kernel", ["auto", "per_image"])
+@pytest.mark.parametrize("channels,n", [(1, 1), (3, 3), (3, 17)])
+def test_cuda_cached_samples_equal_naive_samples_in_float64(monkeypatch, kernel, channels, n):
+    monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
+    torch.manual_seed(channels * 100 + n)
+    model = GatedPixelCNN(image_channels=channels, levels=16, hidden_channels=channels * 14, num_layers=3,
+                          kernel_size=5, image_size=(4, 6)).to("cuda", torch.float64)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    naive = model.sample(n, generator=torch.Generator().manual_seed(n), method="naive")
+    cached = model.sample(n, generator=torch.Generator().manual_seed(n), impl="ext")
+    assert torch.equal(cached, naive)
+    on_cpu = model.cpu().sample(n, generator=torch.Generator().manual_seed(n), impl="ext")
+    assert torch.equal(cached.cpu(), on_cpu)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("kernel", ["auto", "per_image"])
+def test_cuda_graph_capture_of_a_row(monkeypatch, kernel):
+    # With check_levels=False the op never synchronises with the host, so a row is
+    # capturable (the cooperative launch included) and a replay on new inputs equals
+    # an eager call.
+    monkeypatch.setenv("GENFAST_GATED_ROW_KERNEL", kernel)
+    first = to_device(cuda_row_case(1400, 9, 3, 14, dtype=torch.float32), "cuda")
+    second = to_device(cuda_row_case(1401, 9, 3, 14, dtype=torch.float32), "cuda")
+    static = [a.clone() if isinstance(a, torch.Tensor) else a for a in first[:5]]
+    weights = first[5]
+
+    def row():
+        return gated_pixelcnn_row(*static, weights, impl="ext", check_levels=False)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        row()  # warm-up outside the capture (occupancy lookup, allocator)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out_values, out_logits = row()
+    for case in (first, second):
+        for s, a in zip(static, case[:5]):
+            if isinstance(s, torch.Tensor):
+                s.copy_(a)
+        graph.replay()
+        want_values, want_logits = gated_pixelcnn_row(*case[:5], weights, impl="ext", check_levels=False)
+        assert torch.equal(out_values, want_values)
+        assert torch.equal(out_logits, want_logits)

@@ -38,6 +38,47 @@ py::tuple gated_row_shared_memory(int64_t channels, int64_t hidden, int64_t laye
   return py::make_tuple(m.dynamic_bytes, m.static_bytes, m.needs_opt_in());
 }
 
+// For tests: the batched CUDA kernel's tiles of every phase of a sub-pixel, as lists of
+// (kind, layer, image0, column0, writer), from the same host/device functions the
+// kernel uses (csrc/gated_row_tiles.h), and its work buffer's size for `grid` blocks.
+py::tuple gated_row_tiles(int64_t batch, int64_t channels, int64_t hidden, int64_t levels,
+                          int64_t layers, int64_t grid) {
+  genfast::GatedRowShape s{};
+  s.batch = batch;
+  s.channels = channels;
+  s.hidden = hidden;
+  s.levels = levels;
+  s.layers = layers;
+  const genfast::GatedRowTiling tiling = genfast::gated_row_tiling(s);
+  py::list phases;
+  for (int phase = 0; phase < tiling.phases(); ++phase) {
+    py::list tiles;
+    for (int t = 0; t < tiling.tiles(phase); ++t) {
+      const genfast::RowTile tile = tiling.tile(phase, t);
+      tiles.append(py::make_tuple(tile.kind, tile.layer, tile.image0, tile.column0, tile.writer));
+    }
+    phases.append(tiles);
+  }
+  return py::make_tuple(phases, tiling.max_tiles(), genfast::gated_row_work_elements(s, grid));
+}
+
+// For tests: (column, colour, phase) of step q of a row (genfast::row_step).
+py::tuple gated_row_step(int64_t q, int64_t phases, int64_t channels) {
+  const genfast::RowStep step =
+      genfast::row_step(q, static_cast<int>(phases), static_cast<int>(channels));
+  return py::make_tuple(step.column, step.colour, step.phase);
+}
+
+// For tests: the kernel GENFAST_GATED_ROW_KERNEL=value selects (ValueError when invalid).
+std::string gated_row_kernel_choice(const std::string& value) {
+  switch (genfast::gated_row_kernel_choice(value.c_str())) {
+    case genfast::GatedRowKernel::kBatched: return "batched";
+    case genfast::GatedRowKernel::kPhases: return "phases";
+    case genfast::GatedRowKernel::kPerImage: return "per_image";
+    default: return "auto";
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -48,4 +89,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_gated_row_shared_memory", &gated_row_shared_memory,
         "(dynamic bytes, static bytes, needs the opt-in attribute) of one block of the CUDA "
         "gated_pixelcnn_row kernel for (channels, hidden, layers, element size); for tests.");
+  m.def("_gated_row_tiles", &gated_row_tiles,
+        "(tiles of each phase as (kind, layer, image0, column0, writer), max tiles, work "
+        "elements for `grid` blocks) of the batched CUDA gated_pixelcnn_row kernel for "
+        "(batch, channels, hidden, levels, layers, grid); for tests.");
+  m.def("_gated_row_step", &gated_row_step,
+        "(column, colour, phase) of step q of a row for (q, phases, channels); for tests.");
+  m.def("_gated_row_kernel_choice", &gated_row_kernel_choice,
+        "The CUDA gated_pixelcnn_row kernel a GENFAST_GATED_ROW_KERNEL value selects; for tests.");
 }

@@ -23,7 +23,8 @@ inputs per layer, cache memory is O(N * L * H * (p + 1) * W).
 `gated_pixelcnn_row_reference` is the same row in per-position torch ops: the
 fallback, the test oracle and the Python-orchestrated incremental sampler the
 benchmarks compare against (it recomputes every colour group at each sub-pixel).
-Kernels: csrc/cpu/gated_pixelcnn_row.cpp, csrc/cuda/gated_pixelcnn_row.cu; schema in
+Kernels: csrc/cpu/gated_pixelcnn_row.cpp, csrc/cuda/gated_pixelcnn_row.cu (on CUDA the
+whole batch in one cooperative launch per row, docs/gated-pixelcnn-row-gpu.md); schema in
 csrc/schemas.cpp. Sampling only: the op has no autograd.
 """
 from __future__ import annotations
