@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from genfast import ops
-from genfast.perceptual import PerceptualLoss  # noqa: F401  (its home is genfast.perceptual)
+from genfast.perceptual import PerceptualLoss  # re-exported (__all__); its home is genfast.perceptual
 
 PENALTY_KINDS = ("wgan-gp", "r1", "r2")
 GAN_LOSS_KINDS = ("ns", "saturating", "ls", "wgan", "hinge")
@@ -212,3 +212,7 @@ def adaptive_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
             raise ValueError(f"{op}: {name} does not depend on last_layer")
         norms.append(torch.linalg.vector_norm(grad))
     return (norms[0] / (norms[1] + delta)).clamp(0, max_weight).detach()
+
+
+__all__ = ["GAN_LOSS_KINDS", "PENALTY_KINDS", "LazyRegularization", "PerceptualLoss", "adaptive_weight",
+           "critic_gradient_penalty", "gan_loss", "gradient_penalty"]

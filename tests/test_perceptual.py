@@ -45,7 +45,7 @@ def reference_lpips(x, y, vgg, heads):
         mean = torch.tensor([0.485, 0.456, 0.406], dtype=images.dtype).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225], dtype=images.dtype).view(1, 3, 1, 1)
         h = ((images + 1) / 2 - mean) / std  # [-1, 1] -> [0, 1] -> ImageNet-normalised
-        out, index, stage = [], 0, []
+        out, index = [], 0
         for entry in perceptual.VGG16_LAYOUT:
             if entry == "M":
                 out.append(h)
@@ -223,3 +223,16 @@ def test_bad_inputs():
         loss(x, (x * 255).long())
     with pytest.raises(ValueError, match="resize"):
         PerceptualLoss(pretrained=False, resize=0)
+
+
+def test_docs_examples_run(tmp_path, monkeypatch):
+    """docs/vqgan.md's Python blocks run as written."""
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parent.parent / "docs" / "vqgan.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"docs/vqgan.md python block {index}", "exec"), {"__name__": "docs_vqgan"})
