@@ -169,7 +169,7 @@ def test_fashion_mnist(tmp_path, capsys):
     assert png_size(tmp_path / "reconstructions.png") == (12 * 57 + 1, 2 * 57 + 1)
 
 
-def test_pretrained_weights_from_given_files(tmp_path):
+def test_pretrained_weights_from_given_files(tmp_path, monkeypatch):
     """--vgg-weights / --lpips-weights reach the PerceptualLoss (fabricated files with
     torchvision's and lpips's key names), and LPIPS is then reported."""
     from genfast.losses import PerceptualLoss
@@ -185,3 +185,10 @@ def test_pretrained_weights_from_given_files(tmp_path):
     assert run.trainer.perceptual.pretrained
     assert torch.equal(run.trainer.perceptual.heads[3].weight, source.heads[3].weight)
     assert set(run.final) == {"l1", "mse", "lpips"} and run.final["lpips"] > 0
+    # LPIPS is averaged over the first LPIPS_EVAL_IMAGES test images only
+    monkeypatch.setattr(vqgan, "LPIPS_EVAL_IMAGES", 3)
+    t = run.trainer
+    with torch.no_grad():
+        t.model.eval()
+        expected = t.perceptual(images[1][:3], t.model(images[1][:3]).reconstruction).mean().item()
+    assert t.evaluate(batch_size=2)["lpips"] == pytest.approx(expected, rel=1e-5)
