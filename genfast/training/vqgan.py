@@ -100,6 +100,10 @@ class VQGANConfig:
                 raise ValueError(f"vqgan: {name} must be a finite number >= 0, got {value!r}")
         if not (self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("vqgan: needs lr > 0 and betas in [0, 1)")
+        fits = PatchDiscriminator.max_layers(self.size, self.size)
+        if self.disc_layers > fits:  # an empty patch map: say so in the run's terms
+            raise ValueError(f"vqgan: disc_layers={self.disc_layers} leaves the PatchDiscriminator an empty "
+                             f"patch map at {self.size}x{self.size}; use disc_layers <= {fits}")
 
 
 def load_images(data: str, size: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +124,9 @@ def build_perceptual(config: VQGANConfig, vgg_weights: str | None = None,
         warnings.warn("vqgan: --perceptual random uses a VGG16 with random weights: a fixed random "
                       "feature distance, not a perceptual loss (see docs/vqgan.md for the weights)",
                       UserWarning, stacklevel=3)
-        return PerceptualLoss(pretrained=False)
+        with torch.random.fork_rng(devices=[]):  # its own seed: the global generator is left alone
+            torch.manual_seed(config.seed)
+            return PerceptualLoss(pretrained=False)
     return PerceptualLoss(backbone_weights=vgg_weights, head_weights=lpips_weights)
 
 
@@ -132,6 +138,8 @@ class VQGANTrainer:
                  lpips_weights: str | None = None, images: tuple[torch.Tensor, torch.Tensor] | None = None):
         config.check()
         self.config, self.device = config, torch.device(device)
+        # Before the data: missing weights should stop the run at once.
+        self.perceptual = build_perceptual(config, vgg_weights, lpips_weights)
         self.train_images, self.test_images = (images if images is not None
                                                else load_images(config.data, config.size, config.limit))
         if len(self.train_images) < config.batch_size:
@@ -146,11 +154,6 @@ class VQGANTrainer:
                                       dead_code_threshold=config.dead_code_threshold)).to(self.device)
         self.discriminator = PatchDiscriminator(image_channels=1, hidden_channels=config.disc_channels,
                                                 num_layers=config.disc_layers).to(self.device)
-        fits = PatchDiscriminator.max_layers(config.size, config.size)
-        if config.disc_layers > fits:  # an empty patch map: say so now, in the run's terms
-            raise ValueError(f"vqgan: disc_layers={config.disc_layers} leaves the PatchDiscriminator an empty "
-                             f"patch map at {config.size}x{config.size}; use disc_layers <= {fits}")
-        self.perceptual = build_perceptual(config, vgg_weights, lpips_weights)
         if self.perceptual is not None:
             self.perceptual.to(self.device)
         betas = (config.beta1, config.beta2)
