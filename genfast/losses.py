@@ -11,6 +11,7 @@
   penalty every k steps with gain k, and adjust Adam for the steps it shares.
 - adaptive_weight(rec_loss, gan_loss, last_layer): VQGAN's (Esser et al. 2021)
   balance of the adversarial loss against the reconstruction loss.
+- PerceptualLoss: LPIPS on VGG16 (genfast.perceptual), VQGAN's perceptual term.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from genfast import ops
+from genfast.perceptual import PerceptualLoss  # re-exported (__all__); its home is genfast.perceptual
 
 PENALTY_KINDS = ("wgan-gp", "r1", "r2")
 GAN_LOSS_KINDS = ("ns", "saturating", "ls", "wgan", "hinge")
@@ -210,3 +212,7 @@ def adaptive_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
             raise ValueError(f"{op}: {name} does not depend on last_layer")
         norms.append(torch.linalg.vector_norm(grad))
     return (norms[0] / (norms[1] + delta)).clamp(0, max_weight).detach()
+
+
+__all__ = ["GAN_LOSS_KINDS", "PENALTY_KINDS", "LazyRegularization", "PerceptualLoss", "adaptive_weight",
+           "critic_gradient_penalty", "gan_loss", "gradient_penalty"]

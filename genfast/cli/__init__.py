@@ -17,7 +17,7 @@ import sys
 
 # Modules that add commands; each defines add_commands(commands, train, sample).
 COMMAND_MODULES: list[str] = ["genfast.cli.image_models", "genfast.cli.gan", "genfast.cli.vq",
-                              "genfast.cli.wavenet", "genfast.cli.vae"]
+                              "genfast.cli.wavenet", "genfast.cli.vae", "genfast.cli.vqgan"]
 
 
 def _info(args) -> int:

@@ -1,6 +1,6 @@
 """Generative models built from genfast's layers: PixelCNN and Gated PixelCNN
 (autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2,
-the VAE and the autoencoder (genfast.models.vae).
+the VAE and the autoencoder (genfast.models.vae), and VQGAN's PatchDiscriminator.
 
 The autoregressive models take integer images (N, channels, H, W) in [0, levels):
 model(x) gives logits (N, levels, channels, H, W), model.loss(x) the mean NLL in nats,
@@ -12,6 +12,7 @@ from __future__ import annotations
 from genfast.models._compat import upgrade_config
 from genfast.models.autoregressive_image import AutoregressiveImageModel, nll
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
+from genfast.models.patch_discriminator import PatchDiscriminator
 from genfast.models.pixelcnn import PixelCNN
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
 from genfast.models.vae import AE, VAE, ELBOTerms
@@ -49,6 +50,6 @@ def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
     return model.eval()
 
 
-__all__ = ["AE", "AutoregressiveImageModel", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "VAE", "VQVAE",
+__all__ = ["AE", "AutoregressiveImageModel", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PatchDiscriminator", "PixelCNN", "VAE", "VQVAE",
            "VQVAE2", "WaveNet", "build_model", "dilation_cycles", "inverse_cdf", "load_model",
            "model_name", "mu_law_decode", "mu_law_encode", "nll", "sampling_uniforms"]

@@ -24,6 +24,7 @@ KINDS = {
     "wgan-gp": "`genfast train wgan-gp`",
     "wavenet": "`genfast train wavenet`",
     "vae": "`genfast train vae` (genfast.training.vae)",
+    "vqgan": "`genfast train vqgan`",
 }
 
 
