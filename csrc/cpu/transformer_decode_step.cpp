@@ -31,7 +31,9 @@ void parallel_gemm(const MathKernels<T>& math, int64_t batch, const T* x, int64_
   at::parallel_for(0, row_blocks * chunks, grain, [&](int64_t begin, int64_t end) {
     const T* rows_x[kRows];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t r0 = (item / chunks) * kRows, c0 = (item % chunks) * kColumnChunk;
+      // Column chunk major: a thread's consecutive items reuse one chunk of the weights
+      // (K x 64 values, in L2) for every block of sequences.
+      const int64_t c0 = (item / row_blocks) * kColumnChunk, r0 = (item % row_blocks) * kRows;
       const int rows = static_cast<int>(std::min<int64_t>(kRows, batch - r0));
       for (int r = 0; r < rows; ++r) rows_x[r] = x + (r0 + r) * K;
       math.gemm(rows, 1, rows_x, K, w + c0, N, std::min(kColumnChunk, N - c0),
