@@ -42,6 +42,23 @@ void parallel_gemm(const MathKernels<T>& math, int64_t batch, const T* x, int64_
   });
 }
 
+// sum_i a[i] b[i] in kLanes partial sums, so that the compiler vectorises it (a single
+// running sum is a serial dependency chain it may not reorder).
+constexpr int kLanes = 16;
+
+template <typename T>
+T dot_product(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) part[j] += a[i + j] * b[i + j];
+  }
+  for (; i < n; ++i) part[0] += a[i] * b[i];
+  T sum = 0;
+  for (int j = 0; j < kLanes; ++j) sum += part[j];
+  return sum;
+}
+
 // out = LayerNorm(x) * gamma + beta over D values (statistics in double).
 template <typename T>
 void layer_norm(const T* x, const T* gamma, const T* beta, int64_t D, T* out) {
@@ -127,10 +144,7 @@ void decode_step(const TransformerShape& s, const int64_t* tokens, T* keys, T* v
         T* p = scores.data() + item * t_len;
         T best = -INFINITY;
         for (int64_t t = 0; t < t_len; ++t) {
-          const T* k = kc + t * HD;
-          T dot = 0;
-          for (int64_t i = 0; i < HD; ++i) dot += q[i] * k[i];
-          p[t] = dot * scale;
+          p[t] = dot_product(q, kc + t * HD, HD) * scale;
           best = std::max(best, p[t]);
         }
         T sum = 0;
