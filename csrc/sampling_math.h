@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 
 #include "common.h"
 
@@ -133,6 +134,51 @@ GENFAST_HOST_DEVICE inline int64_t inverse_cdf_draw(const T* logits, int64_t lev
   int64_t count = 0;  // the running sums never decrease: count up to the first one above
   while (count < levels && cdf[count] <= threshold) ++count;
   return clamp_level(count, levels);
+}
+
+// ---- top-k / top-p (nucleus) filtering before the draw --------------------------
+// The rule of genfast.ops._draw.filtered_draw (its docstring states it in full): rank
+// the levels by z = logit / temperature, largest first, the lower level first on a
+// tie; keep the top_k first ranks (0: all); with top_p < 1 keep, of those, rank 0 and
+// every rank whose running sum of weights over the ranks before it (summed in rank
+// order) is < top_p * (their sum over the kept ranks, in rank order); then draw by
+// inverse CDF over the kept levels only (in level order), the last kept level when
+// rounding at u -> 1 leaves no running sum above u * total.
+
+// Whether level a (tempered logit za) ranks before level b.
+GENFAST_HOST_DEVICE inline bool ranks_before(double za, int64_t a, double zb, int64_t b) {
+  return za > zb || (za == zb && a < b);
+}
+
+// How many ranks the filter keeps: a prefix order[0..kept) of the rank order. w: the
+// weights e^(z - max z) by level; order: the levels by rank.
+GENFAST_HOST_DEVICE inline int64_t filtered_rank_count(const double* w, const int32_t* order, int64_t levels,
+                                                       int64_t top_k, double top_p) {
+  const int64_t k = top_k > 0 && top_k < levels ? top_k : levels;
+  if (!(top_p < 1.0)) return k;
+  double total = 0.0;
+  for (int64_t r = 0; r < k; ++r) total = add_rn(total, w[order[r]]);
+  const double threshold = mul_rn(top_p, total);
+  double running = w[order[0]];
+  int64_t kept = 1;
+  while (kept < k && running < threshold) running = add_rn(running, w[order[kept++]]);
+  return kept;
+}
+
+// The draw over the levels order[0..kept): running sums of their weights in level
+// order (kept_weight: w of kept levels, 0 elsewhere -- adding 0 changes no sum), the
+// first one above u * total, else the last kept level.
+GENFAST_HOST_DEVICE inline int64_t filtered_level(const double* kept_weight, int64_t levels, double u,
+                                                  int64_t last_kept) {
+  double total = 0.0;
+  for (int64_t i = 0; i < levels; ++i) total = add_rn(total, kept_weight[i]);
+  const double threshold = mul_rn(u, total);
+  double running = 0.0;
+  for (int64_t i = 0; i < levels; ++i) {
+    running = add_rn(running, kept_weight[i]);
+    if (running > threshold) return i;
+  }
+  return last_kept;
 }
 
 }  // namespace genfast

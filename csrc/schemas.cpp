@@ -47,6 +47,12 @@ TORCH_LIBRARY(genfast, m) {
   m.def("pixelcnn_row(Tensor values, Tensor known, Tensor uniforms, float temperature, "
         "Tensor input_bias, Tensor block_bias, Tensor[] weights, bool check_levels=True) "
         "-> (Tensor, Tensor, Tensor)");
+  // One token of key/value-cached decoding of a decoder-only transformer (layout in
+  // csrc/transformer_decode_step.h): every layer for position `step` of each sequence,
+  // writing that position of the caches in place; returns (values (B,), logits (B, V)).
+  m.def("transformer_decode_step(Tensor tokens, Tensor(a!) key_cache, Tensor(b!) value_cache, "
+        "Tensor uniforms, int step, float temperature, int top_k, float top_p, Tensor[] weights, "
+        "bool check_levels=True) -> (Tensor, Tensor)");
   // Discretized mixture of logistics of PixelCNN++ (layout in csrc/dmol.h): the
   // per-pixel NLL (B, H, W) of integer images x (B, C, H, W) under params (B, P, H, W),
   // its gradient with respect to params, and one draw per pixel from uniforms.

@@ -16,6 +16,7 @@ import test_masked_conv2d
 import test_nearest_code
 import test_pixelcnn_row
 import test_softmax_cross_entropy
+import test_transformer_decode_step
 import test_wavenet_step
 
 from genfast import ops
@@ -84,6 +85,14 @@ def gated_pixelcnn_row(seed, device, dtype):
 def pixelcnn_row(seed, device, dtype):
     args = test_pixelcnn_row.random_row(seed, device, dtype)
     return Case(lambda impl: ops.pixelcnn_row(*_clone(args), impl=impl), rtol=1e-12, atol=1e-12, exact=(0,))
+
+
+def transformer_decode_step(seed, device, dtype):
+    tokens, keys, values, uniforms, step, weights, kwargs = test_transformer_decode_step.random_step_case(
+        seed, device, dtype)
+    return Case(lambda impl: ops.transformer_decode_step(tokens, keys.clone(), values.clone(), uniforms, step,
+                                                         weights, impl=impl, **kwargs),
+                rtol=1e-12, atol=1e-12, exact=(0,))
 
 
 def dmol_loss(seed, device, dtype):

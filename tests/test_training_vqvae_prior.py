@@ -146,3 +146,51 @@ def test_bad_input(vqvae1, tmp_path):
     with pytest.raises(SystemExit, match="another VQ-VAE"):
         sample(str(other / "checkpoint.pt"), prior)
     assert not (tmp_path / "s.png").exists()
+
+
+TINY_TRANSFORMER = ["--prior", "transformer", "--hidden", "16", "--heads", "2"]
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_transformer_prior_then_sample(levels, request, tmp_path, capsys):
+    """`--prior transformer`: CodeTransformer priors (the bottom one given the top codes
+    as its prefix), recorded in their checkpoints and sampled by `genfast sample vqvae`."""
+    from genfast.models import CodeTransformer
+
+    path = request.getfixturevalue(f"vqvae{levels}")
+    names = ["codes"] if levels == 1 else ["top", "bottom"]
+    assert train_prior(path, tmp_path, *TINY_TRANSFORMER) == 0
+    out = capsys.readouterr().out
+    assert "transformer prior over the" in out and all(f"test {n}: " in out for n in names)
+    for name in names:
+        assert torch.load(tmp_path / f"prior-{name}.pt", weights_only=True)["model_name"] == "code-transformer"
+
+    png = tmp_path / "samples.png"
+    assert cli.main(["sample", "vqvae", "--vqvae", path, "--prior", str(tmp_path), "--n", "6", "--top-k", "5",
+                     "--top-p", "0.9", "--out", str(png)]) == 0
+    assert "6 samples" in capsys.readouterr().out and png.exists()
+
+    model, _ = load_vqvae(path, torch.device("cpu"))
+    priors = load_priors(str(tmp_path), model, 16, torch.device("cpu"))
+    assert list(priors) == names and all(isinstance(p, CodeTransformer) for p in priors.values())
+    if levels == 2:
+        assert priors["bottom"].prefix_length == 4 and priors["top"].prefix_length == 0
+    labels = torch.tensor([3, 1, 4])
+    codes = sample_codes(model, priors, labels, generator=torch.Generator().manual_seed(0), top_k=4)
+    again = sample_codes(model, priors, labels, generator=torch.Generator().manual_seed(0), top_k=4)
+    grids = [(4, 4)] if levels == 1 else [(2, 2), (4, 4)]
+    for c, d, grid in zip(codes, again, grids):
+        assert c.shape == (3, *grid) and torch.equal(c, d) and 0 <= c.min() and c.max() < 16
+    if levels == 2:  # the bottom codes depend on the top ones through the prefix
+        bottom = priors["bottom"]
+        x = codes[1][:, None]
+        other_top = (codes[0] + 1) % 16
+        with torch.no_grad():
+            assert not torch.allclose(bottom(x, labels, codes[0]), bottom(x, labels, other_top))
+
+
+def test_top_k_needs_a_transformer_prior(vqvae1, tmp_path):
+    assert train_prior(vqvae1, tmp_path) == 0
+    with pytest.raises(SystemExit, match="transformer priors only"):
+        cli.main(["sample", "vqvae", "--vqvae", vqvae1, "--prior", str(tmp_path), "--n", "2", "--top-k", "3",
+                  "--out", str(tmp_path / "s.png")])

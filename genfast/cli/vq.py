@@ -31,15 +31,19 @@ def add_commands(commands, train, sample) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=train_vqvae)
 
-    p = train.add_parser("prior", help="fit class-conditional Gated PixelCNN priors over the codes "
-                                       "of a trained VQ-VAE (one per level: top, then bottom)")
+    p = train.add_parser("prior", help="fit class-conditional priors (Gated PixelCNN or transformer) over "
+                                       "the codes of a trained VQ-VAE (one per level: top, then bottom)")
+    p.add_argument("--prior", choices=["gated-pixelcnn", "transformer"], default="gated-pixelcnn",
+                   help="the prior's kind (default gated-pixelcnn); its checkpoints record it")
     p.add_argument("--vqvae", required=True, help="a checkpoint of `genfast train vqvae`")
     p.add_argument("--out", default="runs/prior", help="folder of the prior-<level>.pt checkpoints")
     p.add_argument("--steps", type=int, default=1000, help="training steps per level (default 1000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--hidden", type=int, default=64, help="channels per gated layer (default 64)")
-    p.add_argument("--layers", type=int, default=6, help="gated layers (default 6)")
+    p.add_argument("--hidden", type=int, default=64,
+                   help="channels per gated layer, or the transformer's width (default 64)")
+    p.add_argument("--layers", type=int, default=6, help="gated layers or transformer blocks (default 6)")
+    p.add_argument("--heads", type=int, default=4, help="transformer: attention heads (default 4)")
     p.add_argument("--kernel-size", type=int, default=5, help="odd, 3..11 (default 5)")
     p.add_argument("--embedding-dim", type=int, default=16, help="learned code embedding size")
     p.add_argument("--val-every", type=int, default=200, help="validate and checkpoint every N steps")
@@ -57,6 +61,9 @@ def add_commands(commands, train, sample) -> None:
     s.add_argument("--labels", default=",".join(map(str, range(NUM_CLASSES))),
                    help="digits cycled over the images, e.g. 3,7 (default 0,...,9)")
     s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None, help="transformer priors: keep the k likeliest codes")
+    s.add_argument("--top-p", type=float, default=None,
+                   help="transformer priors: nucleus sampling, keep the likeliest codes of mass p")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
     s.add_argument("--out", default="samples.png", help="PNG path (default samples.png)")
@@ -84,7 +91,8 @@ def train_prior(args) -> int:
     from genfast.training.vqvae import train_priors
 
     train_priors(args.vqvae, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                 hidden=args.hidden, layers=args.layers, kernel_size=args.kernel_size,
+                 prior=args.prior, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                 kernel_size=args.kernel_size,
                  embedding_dim=args.embedding_dim, val_every=args.val_every,
                  device=pick_device(args.device), seed=args.seed, resume=args.resume,
                  progress=not args.no_progress, log=print)
@@ -112,7 +120,7 @@ def sample_vqvae(args) -> int:
     cycle = parse_labels(args.labels)
     labels = [cycle[i % len(cycle)] for i in range(args.n)]
     result = sample_images(args.vqvae, args.prior, labels, temperature=args.temperature, seed=args.seed,
-                           device=device)
+                           device=device, top_k=args.top_k, top_p=args.top_p)
     save_unit_rows(args.out, list(result.images.split(SAMPLE_COLUMNS)))
     grids = ", ".join(f"{name} {c.shape[1]}x{c.shape[2]}" for name, c in result.codes.items())
     print(f"{args.n} samples: codes ({grids}) drawn in {result.sample_seconds:.2f} s, decoded in "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from genfast.models._compat import upgrade_config
 from genfast.models.autoregressive_image import AutoregressiveImageModel, nll
+from genfast.models.code_transformer import CodeTransformer
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
 from genfast.models.patch_discriminator import PatchDiscriminator
 from genfast.models.pixelcnn import PixelCNN
@@ -21,18 +22,21 @@ from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode, mu_l
 
 # CLI names of the autoregressive models.
 MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
+# Every model genfast.train checkpoints, by the name its checkpoints record: the image
+# models and the transformer prior over codes.
+TRAINABLE = {**MODELS, "code-transformer": CodeTransformer}
 
 
-def model_name(model: AutoregressiveImageModel) -> str:
-    return next(name for name, cls in MODELS.items() if isinstance(model, cls))
+def model_name(model) -> str:
+    return next(name for name, cls in TRAINABLE.items() if isinstance(model, cls))
 
 
 def build_model(name: str, config: dict) -> AutoregressiveImageModel:
     """MODELS[name](**config); a config of a checkpoint written before the arguments'
     rename (docs/vocabulary.md) is upgraded to today's names."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[name](**upgrade_config(MODELS[name].__name__, config))
+    if name not in TRAINABLE:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(TRAINABLE)}")
+    return TRAINABLE[name](**upgrade_config(TRAINABLE[name].__name__, config))
 
 
 def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
@@ -50,6 +54,6 @@ def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
     return model.eval()
 
 
-__all__ = ["AE", "AutoregressiveImageModel", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PatchDiscriminator", "PixelCNN", "VAE", "VQVAE",
+__all__ = ["AE", "AutoregressiveImageModel", "CodeTransformer", "TRAINABLE", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PatchDiscriminator", "PixelCNN", "VAE", "VQVAE",
            "VQVAE2", "WaveNet", "build_model", "dilation_cycles", "inverse_cdf", "load_model",
            "model_name", "mu_law_decode", "mu_law_encode", "nll", "sampling_uniforms"]

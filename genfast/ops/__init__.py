@@ -19,6 +19,8 @@ from genfast.ops.nearest_code import nearest_code, nearest_code_reference
 from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row, pixelcnn_row_reference
 from genfast.ops.softmax_cross_entropy import (softmax_cross_entropy,
                                                softmax_cross_entropy_reference)
+from genfast.ops.transformer_decode_step import (TransformerWeights, transformer_decode_step,
+                                                 transformer_decode_step_reference)
 from genfast.ops.wavenet_step import (WaveNetWeights, wavenet_step,
                                       wavenet_step_reference, wavenet_stepper)
 
@@ -37,6 +39,7 @@ register_op("code_statistics", module="genfast.ops.code_statistics")
 register_op("wavenet_step", module="genfast.ops.wavenet_step")
 register_op("gated_pixelcnn_row", module="genfast.ops.gated_pixelcnn_row")
 register_op("pixelcnn_row", module="genfast.ops.pixelcnn_row")
+register_op("transformer_decode_step", module="genfast.ops.transformer_decode_step")
 register_op("dmol_loss", module="genfast.ops.dmol", torch_ops=("dmol_loss", "dmol_loss_backward"))
 register_op("dmol_sample", module="genfast.ops.dmol")
 register_op("gated_activation", module="genfast.ops.gated_activation",
@@ -55,4 +58,5 @@ __all__ = ["OPS", "register_op", "registered_ops", "dmol_loss", "dmol_loss_refer
            "masked_conv2d_mask", "masked_conv2d_reference", "nearest_code", "nearest_code_reference",
            "PixelCNNRowWeights", "pixelcnn_row", "pixelcnn_row_reference",
            "softmax_cross_entropy", "softmax_cross_entropy_reference",
-           "wavenet_step", "wavenet_step_reference", "wavenet_stepper"]
+           "wavenet_step", "wavenet_step_reference", "wavenet_stepper",
+           "TransformerWeights", "transformer_decode_step", "transformer_decode_step_reference"]

@@ -89,3 +89,47 @@ def exact_draw(logits: list[float], u: float, temperature: float = 1.0,
         return -1
     threshold = u * cdf[-1]
     return min(sum(1 for c in cdf if c <= threshold), len(cdf) - 1)
+
+
+# ---- top-k / top-p (nucleus) filtering before the draw -------------------------------
+# The rule, shared by csrc/sampling_math.h (filtered_inverse_cdf_draw) and
+# filtered_draw below, all in float64:
+#   z = logits / temperature, w = e^(z - max z) (the weights of inverse_cdf);
+#   rank the levels by z, largest first, ties broken by the lower level first;
+#   top_k >= 1 keeps the levels of rank < top_k (0: no top-k);
+#   top_p < 1 then keeps, among those, the levels of rank r whose running sum of
+#   weights over the ranks before r (summed in rank order) is < top_p * (the sum over
+#   all kept ranks, in rank order) -- the smallest set of most likely levels whose mass
+#   reaches top_p, never empty (rank 0 is always kept); top_p == 1: no top-p;
+#   the draw is inverse_cdf over the kept levels only: running sums in level order of
+#   the kept weights (dropped levels weigh 0), the first level whose sum exceeds
+#   u * total; when rounding at u -> 1 leaves none, the last kept level.
+# With neither filter it is inverse_cdf exactly.
+
+def filter_active(top_k: int, top_p: float) -> bool:
+    return top_k > 0 or top_p < 1.0
+
+
+def filtered_draw(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """One level per row of `logits` (n, levels) from the uniforms u (n,), int64, with
+    top-k / top-p filtering as defined above; -1 for a row with a non-finite logit."""
+    if not filter_active(top_k, top_p):
+        return draw_from_logits(logits, u, temperature)
+    levels = logits.shape[-1]
+    z = logits.to(torch.float64) / temperature
+    w = torch.exp(z - z.max(dim=-1, keepdim=True).values)
+    order = torch.sort(z, dim=-1, descending=True, stable=True).indices  # ties: lower level first
+    ranks = torch.arange(levels, device=z.device).expand_as(order)
+    kept_sorted = ranks < top_k if top_k > 0 else torch.ones_like(order, dtype=torch.bool)
+    if top_p < 1.0:
+        sorted_w = torch.where(kept_sorted, w.gather(-1, order), 0.0)
+        running = sorted_w.cumsum(dim=-1)
+        before = torch.cat([torch.zeros_like(running[..., :1]), running[..., :-1]], dim=-1)
+        kept_sorted = kept_sorted & ((ranks == 0) | (before < top_p * running[..., -1:]))
+    kept = torch.zeros_like(kept_sorted).scatter_(-1, order, kept_sorted)
+    cdf = torch.where(kept, w, 0.0).cumsum(dim=-1)
+    count = (cdf <= u.to(torch.float64).unsqueeze(-1) * cdf[..., -1:]).sum(dim=-1)
+    last_kept = levels - 1 - kept.flip(-1).to(torch.int8).argmax(dim=-1)
+    value = torch.where(count < levels, count, last_kept)
+    return torch.where(torch.isfinite(logits).all(dim=-1), value, torch.full_like(value, -1))

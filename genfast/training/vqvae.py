@@ -7,9 +7,11 @@ after every epoch (resume=True continues exactly), a PNG of test images above th
 reconstructions, and measures codebook usage.
 
 train_priors encodes the digits with a trained VQ-VAE once and fits a
-class-conditional Gated PixelCNN over its code maps with genfast.train (for a
-VQ-VAE-2, in one run, the top prior and then the bottom prior, which also sees the top
-codes); sample_images draws codes from the prior(s) and decodes them.
+class-conditional prior over its code maps with genfast.train -- a Gated PixelCNN or a
+CodeTransformer (for a VQ-VAE-2, in one run, the top prior and then the bottom prior,
+which also sees the top codes: upsampled code vectors for the Gated PixelCNN, the codes
+as a prefix for the transformer); sample_images draws codes from the prior(s) and
+decodes them.
 """
 from __future__ import annotations
 
@@ -212,23 +214,49 @@ def code_data(vqvae, images: torch.Tensor, labels: torch.Tensor, batch_size: int
     return data
 
 
-def build_prior(vqvae, name: str, grid: tuple[int, int], *, hidden: int = 64, layers: int = 6,
-                kernel_size: int = 5, embedding_dim: int = 16):
-    """The Gated PixelCNN prior over level `name`'s codes (a grid of that size)."""
-    from genfast.models import GatedPixelCNN
+PRIORS = ("gated-pixelcnn", "transformer")  # `genfast train prior --prior`
 
-    return GatedPixelCNN(levels=quantizers(vqvae)[name].num_codes, hidden_channels=hidden,
+
+def build_prior(vqvae, name: str, grid: tuple[int, int], *, prior: str = "gated-pixelcnn", hidden: int = 64,
+                layers: int = 6, kernel_size: int = 5, embedding_dim: int = 16, heads: int = 4):
+    """The prior over level `name`'s codes (a grid of that size): a Gated PixelCNN (the
+    bottom one conditioned on the upsampled top code vectors) or a CodeTransformer (the
+    bottom one given the top codes as its prefix)."""
+    from genfast.models import CodeTransformer, GatedPixelCNN
+
+    levels = quantizers(vqvae)[name].num_codes
+    if prior == "transformer":
+        top = quantizers(vqvae).get("top")
+        prefix = dict(prefix_length=(grid[0] // 2) * (grid[1] // 2), prefix_levels=top.num_codes) \
+            if name == "bottom" else {}
+        return CodeTransformer(levels=levels, image_size=grid, hidden_channels=hidden, num_layers=layers,
+                               num_heads=heads, num_classes=NUM_CLASSES, **prefix)
+    if prior != "gated-pixelcnn":
+        raise ValueError(f"--prior must be one of {PRIORS}, got {prior!r}")
+    return GatedPixelCNN(levels=levels, hidden_channels=hidden,
                          num_layers=layers, kernel_size=kernel_size,
                          num_classes=NUM_CLASSES, embedding_dim=embedding_dim, image_size=grid,
                          cond_channels=vqvae.quantizer_top.dim if name == "bottom" else 0)
 
 
+def _as_prefix(codes: dict) -> None:
+    """A transformer's bottom prior is given the top codes themselves (N, 1, h, w), not
+    their upsampled vectors."""
+    if "bottom" in codes:
+        codes["bottom"].cond = codes["top"].images
+
+
 def train_priors(vqvae_path: str, out: str, *, steps: int = 1000, batch_size: int = 32,
-                 lr: float = 2e-3, hidden: int = 64, layers: int = 6, kernel_size: int = 5,
-                 embedding_dim: int = 16, val_every: int = 200, device="cpu", seed: int = 0,
-                 resume: bool = False, progress: bool = True, log: Log = None) -> dict:
+                 lr: float = 2e-3, prior: str = "gated-pixelcnn", hidden: int = 64, layers: int = 6,
+                 kernel_size: int = 5, embedding_dim: int = 16, heads: int = 4, val_every: int = 200,
+                 device="cpu", seed: int = 0, resume: bool = False, progress: bool = True,
+                 log: Log = None) -> dict:
     """Fits one prior per code level of the VQ-VAE checkpoint at vqvae_path, each
-    checkpointed as OUT/prior-<level>.pt; returns {level: test bits per code}."""
+    checkpointed as OUT/prior-<level>.pt (the checkpoint records the prior's kind);
+    returns {level: test bits per code}. prior: "gated-pixelcnn" (kernel_size,
+    embedding_dim) or "transformer" (heads); hidden, layers: either's width and depth."""
+    if prior not in PRIORS:
+        raise ValueError(f"--prior must be one of {PRIORS}, got {prior!r}")
     from genfast.training import autoregressive
 
     device = torch.device(device)
@@ -236,6 +264,9 @@ def train_priors(vqvae_path: str, out: str, *, steps: int = 1000, batch_size: in
     (train_images, train_labels), (test_images, test_labels) = digits_unit_interval(config["size"])
     train_codes = code_data(vqvae, train_images.to(device), train_labels)
     test_codes = code_data(vqvae, test_images.to(device), test_labels)
+    if prior == "transformer":
+        _as_prefix(train_codes)
+        _as_prefix(test_codes)
     first = os.path.join(out, PRIOR_FILE.format(next(iter(train_codes))))
     if resume and not os.path.exists(first):
         raise FileNotFoundError(f"--resume: no checkpoint at {first}")
@@ -243,15 +274,15 @@ def train_priors(vqvae_path: str, out: str, *, steps: int = 1000, batch_size: in
     for name, data in train_codes.items():
         grid = tuple(data.images.shape[2:])
         torch.manual_seed(seed)
-        prior = build_prior(vqvae, name, grid, hidden=hidden, layers=layers, kernel_size=kernel_size,
-                            embedding_dim=embedding_dim).to(device)
+        model = build_prior(vqvae, name, grid, prior=prior, hidden=hidden, layers=layers,
+                            kernel_size=kernel_size, embedding_dim=embedding_dim, heads=heads).to(device)
         checkpoint = os.path.join(out, PRIOR_FILE.format(name))
-        _log(log, f"prior over the {name} ({grid[0]}x{grid[1]} grid, {data.levels} codes): "
-                  f"{sum(p.numel() for p in prior.parameters()):,} parameters")
-        autoregressive.train(prior, data, val_data=test_codes[name], steps=steps, batch_size=batch_size,
+        _log(log, f"{prior} prior over the {name} ({grid[0]}x{grid[1]} grid, {data.levels} codes): "
+                  f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        autoregressive.train(model, data, val_data=test_codes[name], steps=steps, batch_size=batch_size,
                              lr=lr, val_every=val_every, checkpoint=checkpoint, seed=seed,
                              device=device, progress=progress, resume=resume, desc=f"prior {name}")
-        bits = autoregressive.evaluate(prior, test_codes[name], device=device)
+        bits = autoregressive.evaluate(model, test_codes[name], device=device)
         bits_per_code[name] = bits
         _log(log, f"test {name}: {bits:.4f} bits per code ({bits * math.log(2):.4f} nats), "
                   f"{bits * grid[0] * grid[1]:.1f} bits per image; wrote {checkpoint}")
@@ -259,9 +290,10 @@ def train_priors(vqvae_path: str, out: str, *, steps: int = 1000, batch_size: in
 
 
 def load_priors(folder: str, vqvae, size: int, device: torch.device) -> dict:
-    """The priors of `genfast train prior` in `folder`, checked against the VQ-VAE's
-    code levels, sizes and grids."""
-    from genfast.models import GatedPixelCNN, load_model
+    """The priors of `genfast train prior` in `folder` (Gated PixelCNNs or
+    CodeTransformers, as their checkpoints record), checked against the VQ-VAE's code
+    levels, sizes and grids."""
+    from genfast.models import CodeTransformer, GatedPixelCNN, load_model
 
     grids = code_data(vqvae, torch.zeros(1, vqvae.image_channels, size, size, device=device),
                       torch.zeros(1, dtype=torch.long))
@@ -272,10 +304,13 @@ def load_priors(folder: str, vqvae, size: int, device: torch.device) -> dict:
             raise FileNotFoundError(f"--prior: no {path}; train it with `genfast train prior "
                                     f"--vqvae ... --out {folder}`")
         prior = load_model(path, map_location=device).to(device)
-        want = dict(levels=codes.levels, image_size=tuple(codes.images.shape[2:]),
-                    num_classes=NUM_CLASSES, cond_channels=codes.cond.shape[1] if name == "bottom" else 0)
+        want = dict(levels=codes.levels, image_size=tuple(codes.images.shape[2:]), num_classes=NUM_CLASSES)
+        if isinstance(prior, CodeTransformer):
+            want["prefix_length"] = grids["top"].images[0].numel() if name == "bottom" else 0
+        else:
+            want["cond_channels"] = codes.cond.shape[1] if name == "bottom" else 0
         got = {key: getattr(prior, key) for key in want}
-        if not isinstance(prior, GatedPixelCNN) or got != want:
+        if not isinstance(prior, (GatedPixelCNN, CodeTransformer)) or got != want:
             raise CheckpointError(f"--prior: {path} models {got}, but this VQ-VAE's {name} need "
                                   f"{want}; was it trained on another VQ-VAE?")
         priors[name] = prior
@@ -284,11 +319,22 @@ def load_priors(folder: str, vqvae, size: int, device: torch.device) -> dict:
 
 @torch.no_grad()
 def sample_codes(vqvae, priors: dict, labels: torch.Tensor, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                 generator: torch.Generator | None = None, top_k: int | None = None,
+                 top_p: float | None = None) -> list[torch.Tensor]:
     """Code maps (n, h, w) per level drawn from the priors, the top ones first; decode
-    them with vqvae.decode_codes(*codes)."""
+    them with vqvae.decode_codes(*codes). top_k, top_p: transformer priors only."""
+    from genfast.models import CodeTransformer
+
     codes = []
     for name, prior in priors.items():
+        if isinstance(prior, CodeTransformer):
+            prefix = codes[0] if name == "bottom" else None
+            codes.append(prior.sample(len(labels), labels=labels, prefix=prefix, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, generator=generator)[:, 0])
+            continue
+        if top_k is not None or top_p is not None:
+            raise ValueError("--top-k and --top-p apply to transformer priors only; these priors are "
+                             "Gated PixelCNNs")
         cond = top_condition(vqvae, codes[0]) if name == "bottom" else None
         codes.append(prior.sample(len(labels), labels=labels, cond=cond, temperature=temperature,
                                   generator=generator)[:, 0])
@@ -307,7 +353,8 @@ class VQVAESamples:
 
 
 def sample_images(vqvae_path: str, prior_folder: str, labels: list[int], *, temperature: float = 1.0,
-                  seed: int = 0, device="cpu") -> VQVAESamples:
+                  seed: int = 0, device="cpu", top_k: int | None = None,
+                  top_p: float | None = None) -> VQVAESamples:
     """Two-stage sampling: codes from the priors in prior_folder (top first), decoded by
     the VQ-VAE at vqvae_path; one image per entry of `labels` (digits 0-9)."""
     if not labels or not all(isinstance(x, int) and 0 <= x < NUM_CLASSES for x in labels):
@@ -317,7 +364,8 @@ def sample_images(vqvae_path: str, prior_folder: str, labels: list[int], *, temp
     priors = load_priors(prior_folder, vqvae, config["size"], device)
     generator = torch.Generator(device).manual_seed(seed)
     start = time.perf_counter()
-    codes = sample_codes(vqvae, priors, torch.tensor(labels, device=device), temperature, generator)
+    codes = sample_codes(vqvae, priors, torch.tensor(labels, device=device), temperature, generator,
+                         top_k=top_k, top_p=top_p)
     sample_seconds = time.perf_counter() - start
     with torch.no_grad():
         images = vqvae.decode_codes(*codes)
