@@ -1,5 +1,5 @@
-"""Generative models built from genfast's layers: PixelCNN and Gated PixelCNN
-(autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2,
+"""Generative models built from genfast's layers: PixelCNN, Gated PixelCNN and
+PixelCNN++ (autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2,
 the VAE and the autoencoder (genfast.models.vae).
 
 The autoregressive models take integer images (N, channels, H, W) in [0, levels):
@@ -13,13 +13,14 @@ from genfast.models._compat import upgrade_config
 from genfast.models.autoregressive_image import AutoregressiveImageModel, nll
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
 from genfast.models.pixelcnn import PixelCNN
+from genfast.models.pixelcnnpp import PixelCNNpp
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
 from genfast.models.vae import AE, VAE, ELBOTerms
 from genfast.models.vqvae import VQVAE, VQVAE2
 from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode, mu_law_encode
 
 # CLI names of the autoregressive models.
-MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
+MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN, "pixelcnnpp": PixelCNNpp}
 
 
 def model_name(model: AutoregressiveImageModel) -> str:
@@ -49,6 +50,6 @@ def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
     return model.eval()
 
 
-__all__ = ["AE", "AutoregressiveImageModel", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "VAE", "VQVAE",
+__all__ = ["AE", "AutoregressiveImageModel", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PixelCNN", "PixelCNNpp", "VAE", "VQVAE",
            "VQVAE2", "WaveNet", "build_model", "dilation_cycles", "inverse_cdf", "load_model",
            "model_name", "mu_law_decode", "mu_law_encode", "nll", "sampling_uniforms"]
