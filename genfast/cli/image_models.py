@@ -94,9 +94,12 @@ def add_commands(commands, train, sample) -> None:
     d.set_defaults(func=_demo)
 
 
-def backend_line(device: torch.device) -> str:
+def backend_line(device: torch.device, model: str = "pixelcnn") -> str:
+    """Which implementation impl="auto" picks for the model's genfast ops."""
     from genfast import _backend
 
+    if model == "pixelcnnpp":
+        return f"dmol_loss on {device.type}: {_backend.describe('dmol_loss', device.type)}"
     return f"masked layers on {device.type}: {_backend.describe('masked_conv2d', device.type)}"
 
 
@@ -136,7 +139,7 @@ def _train(args) -> int:
         if rank == 0:
             print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters; "
                   f"data {args.data} {args.size}x{args.size}, {args.levels} levels, "
-                  f"{len(train_data)} train / {len(test_data)} test images; {backend_line(device)}")
+                  f"{len(train_data)} train / {len(test_data)} test images; {backend_line(device, args.model)}")
         history = train(model, train_data, val_data=test_data, steps=args.steps,
                         batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
                         checkpoint=checkpoint, seed=args.seed, amp=not args.no_amp, device=device,
@@ -173,7 +176,8 @@ def _sample(args) -> int:
                           device=device, method=args.method)
     seconds = time.perf_counter() - start
     save_grid(images, model.levels, args.out, ncol=min(ncol, n))
-    print(f"{n} samples ({args.method}) in {seconds:.2f} s ({backend_line(device)}); saved {args.out}")
+    name = "pixelcnnpp" if type(model).__name__ == "PixelCNNpp" else "pixelcnn"
+    print(f"{n} samples ({args.method}) in {seconds:.2f} s ({backend_line(device, name)}); saved {args.out}")
     return 0
 
 

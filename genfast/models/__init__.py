@@ -3,7 +3,8 @@ PixelCNN++ (autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2,
 the VAE and the autoencoder (genfast.models.vae).
 
 The autoregressive models take integer images (N, channels, H, W) in [0, levels):
-model(x) gives logits (N, levels, channels, H, W), model.loss(x) the mean NLL in nats,
+model(x) gives logits (N, levels, channels, H, W) (PixelCNNpp: the DMOL parameters
+(N, P, H, W)), model.loss(x) the mean NLL per sub-pixel in nats,
 model.sample(n, ...) images (naive sampling; see AutoregressiveImageModel.sample for its
 exact use of the generator). Checkpoints of genfast.train rebuild with load_model.
 """
