@@ -45,15 +45,10 @@ class _Ring:
         self.buf = like.new_zeros((n, channels, 2, width + 2))
         self.width = width
 
-    def window(self, r: int) -> torch.Tensor:
-        """Rows r - 1 and r, padded: (n, C, 2, W + 2)."""
-        b = self.buf
-        return torch.stack([b[:, :, (r - 1) % 2], b[:, :, r % 2]], dim=2)
-
-    def patch(self, r: int, c: int) -> torch.Tensor:
-        """Rows r - 1, r and columns c - 1, c: (n, C, 2, 2)."""
-        b = self.buf
-        return torch.stack([b[:, :, (r - 1) % 2, c:c + 2], b[:, :, r % 2, c:c + 2]], dim=2)
+    def patch(self, c: int) -> torch.Tensor:
+        """Both slots at columns c - 1, c, flattened: (n, C * 2 * 2), the rows in slot
+        order (weights from _phased match it)."""
+        return self.buf[:, :, :, c:c + 2].reshape(self.buf.shape[0], -1)
 
     def row(self, r: int) -> torch.Tensor:
         return self.buf[:, :, r % 2, 1:self.width + 1]
@@ -68,11 +63,23 @@ class _Ring:
         self.buf[:, :, r % 2, c + 1] = value
 
 
-def _matrix(conv) -> tuple[torch.Tensor, torch.Tensor]:
+def _matrix(conv, weight=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A convolution's weight as (in * kh * kw, out), the order of a flattened
     (in, kh, kw) patch, and its bias."""
-    w = conv.weight.detach()
+    w = (conv.weight if weight is None else weight).detach()
     return w.reshape(w.shape[0], -1).t().contiguous(), conv.bias.detach()
+
+
+def _phased(weight: torch.Tensor) -> list[torch.Tensor]:
+    """A 2-row kernel for the ring's slot order: at an output row r reading rows r - 1
+    and r, slot 0 holds row r when r is even (kernel rows swapped) and row r - 1 when r
+    is odd. Index by r % 2. Reading the ring in place this way spares a copy per read."""
+    weight = weight.detach()
+    return [weight.flip(2).contiguous(), weight]
+
+
+def _phased_matrices(conv) -> list[torch.Tensor]:
+    return [_matrix(conv, w)[0] for w in _phased(conv.weight)]
 
 
 class _Block:
@@ -84,37 +91,39 @@ class _Block:
         self.block = block
         self.out = _Ring(n, f, width, like)
         self.c1 = _Ring(n, 2 * f, width, like)
-        self.w_in, self.b_in = _matrix(block.conv_in)
-        self.w_out, self.b_out = _matrix(block.conv_out)
-        self.w_skip = self.b_skip = None
+        self.conv_in = _phased(block.conv_in.weight)
+        self.conv_out = _phased(block.conv_out.weight)
+        self.w_in, self.w_out = _phased_matrices(block.conv_in), _phased_matrices(block.conv_out)
+        self.b_in, self.b_out = block.conv_in.bias.detach(), block.conv_out.bias.detach()
+        self.w_skip = None
         if block.skip is not None:
-            self.w_skip, self.b_skip = _matrix(block.skip)
+            self.w_skip = block.skip.weight.detach()[:, :, 0, 0].t().contiguous()
+            self.b_in = self.b_in + block.skip.bias.detach()  # both biases added once
         self.bias_out = self.b_out
         if block.class_embedding is not None:
             self.bias_out = self.b_out + block.class_embedding(labels).to(like.dtype)  # (n, 2F)
-        self.row_bias = self.bias_out if self.bias_out.dim() == 1 else None
 
     def row_step(self, source: _Ring, r: int, skip_row: torch.Tensor | None) -> None:
         """Output row r (the u stream: 2 x 3 kernels over whole rows)."""
-        block = self.block
-        c1 = F.conv2d(concat_elu(source.window(r)), block.conv_in.weight, block.conv_in.bias)[:, :, 0]
+        c1 = F.conv2d(concat_elu(source.buf), self.conv_in[r % 2], self.b_in)[:, :, 0]
         if skip_row is not None:
-            c1 = c1 + torch.einsum("nkw,ko->now", concat_elu(skip_row), self.w_skip) + self.b_skip[:, None]
+            c1 = c1 + torch.einsum("nkw,ko->now", concat_elu(skip_row), self.w_skip)
         self.c1.put_row(r, concat_elu(c1))
-        c2 = F.conv2d(self.c1.window(r), block.conv_out.weight)[:, :, 0] + self.bias_out[..., None]
+        c2 = F.conv2d(self.c1.buf, self.conv_out[r % 2])[:, :, 0] + self.bias_out[..., None]
         a, b = c2.chunk(2, dim=1)
-        self.out.put_row(r, source.row(r) + a * torch.sigmoid(b))
+        self.out.put_row(r, torch.addcmul(source.row(r), a, torch.sigmoid(b)))
 
     def pixel_step(self, source: _Ring, r: int, c: int, skip: torch.Tensor | None) -> None:
         """Output (r, c) (the ul stream: 2 x 2 kernels)."""
-        n = source.buf.shape[0]
-        c1 = torch.addmm(self.b_in, concat_elu(source.patch(r, c)).reshape(n, -1), self.w_in)
+        phase = r % 2
+        # concat_elu commutes with the flattening: elu of [patch, -patch] as one row.
+        c1 = torch.addmm(self.b_in, concat_elu(source.patch(c)), self.w_in[phase])
         if skip is not None:
-            c1 = c1 + torch.addmm(self.b_skip, concat_elu(skip), self.w_skip)
+            c1.addmm_(concat_elu(skip), self.w_skip)
         self.c1.put(r, c, concat_elu(c1))
-        c2 = self.c1.patch(r, c).reshape(n, -1) @ self.w_out + self.bias_out
+        c2 = torch.addmm(self.bias_out, self.c1.patch(c), self.w_out[phase])
         a, b = c2.chunk(2, dim=1)
-        self.out.put(r, c, source.at(r, c) + a * torch.sigmoid(b))
+        self.out.put(r, c, torch.addcmul(source.at(r, c), a, torch.sigmoid(b)))
 
 
 @torch.no_grad()
@@ -155,8 +164,10 @@ def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, 
     ul_dn_maps = [[ul_dn_first[s]] + [b.out for b in ul_dn[s]] for s in range(3)]
 
     w_above, b_above = _matrix(model.ul_init_above)
-    w_left, b_left = _matrix(model.ul_init_left)
-    ul_down_w = [_matrix(conv) for conv in model.ul_downsample]
+    w_left, b_left = _phased_matrices(model.ul_init_left), model.ul_init_left.bias.detach()
+    u_init_w = _phased(model.u_init.weight)
+    u_down_w = [_phased(conv.weight)[0] for conv in model.u_downsample]  # rows 2i - 1, 2i: phase 0
+    ul_down_w = [(_phased_matrices(conv)[0], conv.bias.detach()) for conv in model.ul_downsample]
     ul_up_w = [m.weight.detach() for m in model.ul_upsample]  # (in, out, 2, 2)
     w_head, b_head = _matrix(model.output_conv)
     scale = 2.0 / (model.levels - 1)
@@ -172,11 +183,10 @@ def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, 
             if r == 0:
                 u_first[0].put_row(0, 0.0)
             else:  # the down-shift: row r is the convolution's row r - 1
-                u_first[0].put_row(r, F.conv2d(image.window(r - 1), model.u_init.weight,
-                                               model.u_init.bias)[:, :, 0])
+                u_first[0].put_row(r, F.conv2d(image.buf, u_init_w[(r - 1) % 2], model.u_init.bias)[:, :, 0])
         else:
             conv = model.u_downsample[s - 1]
-            u_first[s].put_row(r, F.conv2d(u_up_maps[s - 1][-1].window(2 * r), conv.weight, conv.bias,
+            u_first[s].put_row(r, F.conv2d(u_up_maps[s - 1][-1].buf, u_down_w[s - 1], conv.bias,
                                            stride=(1, 2))[:, :, 0])
         for k, block in enumerate(u_up[s]):
             block.row_step(u_up_maps[s][k], r, None)
@@ -196,13 +206,12 @@ def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, 
             if r > 0:  # down_shift(conv 1x3): image row r - 1, columns c - 1..c + 1
                 term = torch.addmm(b_above, image.buf[:, :, (r - 1) % 2, c:c + 3].reshape(n, -1), w_above)
             if c > 0:  # right_shift(conv 2x1): rows r - 1, r of column c - 1
-                left = torch.stack([image.buf[:, :, (r - 1) % 2, c], image.buf[:, :, r % 2, c]], dim=2)
-                term = term + torch.addmm(b_left, left.reshape(n, -1), w_left)
+                term = term + torch.addmm(b_left, image.buf[:, :, :, c].reshape(n, -1), w_left[r % 2])
             ul_first[0].put(r, c, term if isinstance(term, torch.Tensor) else
                             like.new_zeros((n, f)))
         else:
             w, b = ul_down_w[s - 1]
-            finer = ul_up_maps[s - 1][-1].patch(2 * r, 2 * c).reshape(n, -1)
+            finer = ul_up_maps[s - 1][-1].patch(2 * c)  # rows 2r - 1, 2r: phase 0
             ul_first[s].put(r, c, torch.addmm(b, finer, w))
         for k, block in enumerate(ul_up[s]):
             block.pixel_step(ul_up_maps[s][k], r, c, u_up_maps[s][k + 1].at(r, c))
