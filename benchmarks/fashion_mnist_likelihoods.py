@@ -1,11 +1,15 @@
 """Test-set likelihoods on Fashion-MNIST (28x28, 256 levels) of a VAE (IWAE bound) and a
-class-conditional Gated PixelCNN trained for a stated CPU budget, on the same first
-`--eval` test images: the figures docs/density-and-vae.md reports. Needs the Debian
-package dataset-fashion-mnist. One model per run (--model vae | gated), so the two can
-run side by side, one thread each:
+class-conditional Gated PixelCNN or PixelCNN++ trained for a stated CPU budget, on the
+same first `--eval` test images: the figures docs/density-and-vae.md and
+docs/pixelcnnpp.md report. Needs the Debian package dataset-fashion-mnist. One model
+per run (--model vae | gated | pixelcnnpp), so they can run side by side, one thread
+each:
 
     OMP_NUM_THREADS=1 python benchmarks/fashion_mnist_likelihoods.py --model vae --steps 600
     OMP_NUM_THREADS=1 python benchmarks/fashion_mnist_likelihoods.py --model gated --steps 600
+    OMP_NUM_THREADS=1 python benchmarks/fashion_mnist_likelihoods.py --model pixelcnnpp --steps 600
+
+--samples PATH also saves a grid of samples (autoregressive models; 4 per class).
 """
 import argparse
 import json
@@ -13,16 +17,17 @@ import time
 
 import torch
 
-from genfast.data import ImageData, load_fashion_mnist
+from genfast.data import ImageData, load_fashion_mnist, save_grid
 from genfast.metrics import importance_weighted_nll
-from genfast.models import VAE, GatedPixelCNN
+from genfast.models import VAE, GatedPixelCNN, PixelCNNpp
 from genfast.training.autoregressive import evaluate, train
 from genfast.training.vae import train_vae
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["vae", "gated"], required=True)
+    p.add_argument("--model", choices=["vae", "gated", "pixelcnnpp"], required=True)
+    p.add_argument("--samples", default=None, help="PNG of samples (autoregressive models)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--eval", type=int, default=1000, help="test images evaluated (default 1000)")
     p.add_argument("--k", type=int, default=100, help="IWAE samples (default 100)")
@@ -40,11 +45,21 @@ def main() -> None:
                                          batch_size=100, generator=torch.Generator().manual_seed(0))
         figure = {"iwae_bits_per_dim": result.bits_per_dim, "k": args.k}
     else:
-        model = GatedPixelCNN(image_channels=1, levels=256, hidden_channels=32, num_layers=6,
-                              kernel_size=5, num_classes=10, image_size=28)
+        if args.model == "gated":
+            model = GatedPixelCNN(image_channels=1, levels=256, hidden_channels=32, num_layers=6,
+                                  kernel_size=5, num_classes=10, image_size=28)
+        else:
+            model = PixelCNNpp(image_channels=1, levels=256, nr_resnet=1, nr_filters=32, num_mixtures=5,
+                               dropout=0.0, num_classes=10, image_size=28)
         train(model, train_set, steps=args.steps, batch_size=16, lr=2e-3, progress=False)
         trained = time.process_time() - start
         figure = {"bits_per_dim": evaluate(model, test_set)}
+        if args.samples:
+            began = time.perf_counter()
+            images = model.eval().sample(40, labels=torch.arange(10).repeat_interleave(4),
+                                         generator=torch.Generator().manual_seed(0))
+            figure["sample_s"] = round(time.perf_counter() - began, 1)
+            save_grid(images, 256, args.samples, ncol=4)
     print(json.dumps({"model": args.model, "steps": args.steps, "train_cpu_s": round(trained, 1),
                       "eval_images": args.eval, **figure}))
 

@@ -96,3 +96,30 @@ def test_bad_arguments_end_with_a_message(tmp_path, tiny_npy):
         main(["demo", "--threads", "0"])
     with pytest.raises(SystemExit, match="error: .*missing.pt"):
         main(["sample", "pixelcnn", "--checkpoint", str(tmp_path / "missing.pt")])
+
+
+def test_train_resume_and_sample_pixelcnnpp(tmp_path, tiny_npy, capsys):
+    data, labels = tiny_npy
+    ckpt = str(tmp_path / "pp.pt")
+    args = ["train", "pixelcnnpp", "--data", data, "--labels-npy", labels, "--size", "8", "--levels", "16",
+            "--nr-resnet", "1", "--nr-filters", "4", "--num-mixtures", "2", "--dropout", "0.1",
+            "--steps", "2", "--batch-size", "4", "--val-every", "2", "--checkpoint", ckpt, "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test bits/dim:" in out and "dmol_loss on cpu" in out
+    args[args.index("--steps") + 1] = "3"
+    assert main(args) == 0
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 3 and state["model_name"] == "pixelcnnpp"
+    assert state["model_config"]["num_classes"] == 3 and state["model_config"]["nr_filters"] == 4
+    pngs = {}
+    for method in ("cached", "naive"):
+        pngs[method] = str(tmp_path / f"{method}.png")
+        assert main(["sample", "pixelcnnpp", "--checkpoint", ckpt, "--n", "2", "--out", pngs[method],
+                     "--method", method]) == 0
+        assert f"6 samples ({method}) in" in capsys.readouterr().out
+    cached = np.asarray(Image.open(pngs["cached"]))
+    assert cached.shape == (3 * 33 + 1, 2 * 33 + 1)
+    assert np.array_equal(cached, np.asarray(Image.open(pngs["naive"])))
+    with pytest.raises(SystemExit, match="image_size must be multiples of 4"):
+        main(args[:args.index("--size") + 1] + ["6"] + args[args.index("--size") + 2:])

@@ -1,5 +1,5 @@
-"""Commands of the autoregressive image models: `genfast train pixelcnn|gated-pixelcnn`,
-`genfast sample pixelcnn|gated-pixelcnn` and `genfast demo`, the main job."""
+"""Commands of the autoregressive image models: `genfast train pixelcnn|gated-pixelcnn|pixelcnnpp`,
+`genfast sample pixelcnn|gated-pixelcnn|pixelcnnpp` and `genfast demo`, the main job."""
 from __future__ import annotations
 
 import argparse
@@ -42,11 +42,21 @@ def add_commands(commands, train, sample) -> None:
         p = train.add_parser(name, help=f"train a {name} (AdamW; DDP under torchrun)")
         add_data_args(p, size=28, levels=256)
         add_train_args(p, steps=2000, batch_size=32, lr=1e-3)
-        p.add_argument("--hidden", type=int, default=64, help="channels per layer (default 64)")
+        if name == "pixelcnnpp":
+            p.add_argument("--nr-resnet", type=int, default=2,
+                           help="gated ResNet blocks per stream and resolution (default 2; the paper: 5)")
+            p.add_argument("--nr-filters", type=int, default=64,
+                           help="channels of every block (default 64; the paper: 160)")
+            p.add_argument("--num-mixtures", type=int, default=10,
+                           help="logistic mixture components (default 10)")
+            p.add_argument("--dropout", type=float, default=0.5,
+                           help="dropout inside the blocks (default 0.5, the paper's)")
+        else:
+            p.add_argument("--hidden", type=int, default=64, help="channels per layer (default 64)")
         if name == "gated-pixelcnn":
             p.add_argument("--layers", type=int, default=8, help="gated layers (default 8)")
             p.add_argument("--kernel-size", type=int, default=5, help="odd, 3..11 (default 5)")
-        else:
+        elif name == "pixelcnn":
             p.add_argument("--blocks", type=int, default=6, help="residual blocks (default 6)")
         p.add_argument("--unconditional", action="store_true",
                        help="ignore the labels (default: class-conditional when the data has labels)")
@@ -55,7 +65,9 @@ def add_commands(commands, train, sample) -> None:
                        help=f"checkpoint path (default runs/{name}.pt); resumed when it exists")
         p.add_argument("--no-resume", action="store_true", help="start afresh over an existing checkpoint")
         p.add_argument("--impl", default="auto", choices=["auto", "ext", "reference"],
-                       help="masked layers: genfast kernels or the F.conv2d(weight*mask) reference")
+                       help=("dmol_loss / dmol_sample: genfast kernels or the composite reference"
+                             if name == "pixelcnnpp" else
+                             "masked layers: genfast kernels or the F.conv2d(weight*mask) reference"))
         p.set_defaults(func=_train)
 
         s = sample.add_parser(name, help=f"sample a trained {name} into a PNG")
@@ -82,9 +94,12 @@ def add_commands(commands, train, sample) -> None:
     d.set_defaults(func=_demo)
 
 
-def backend_line(device: torch.device) -> str:
+def backend_line(device: torch.device, model: str = "pixelcnn") -> str:
+    """Which implementation impl="auto" picks for the model's genfast ops."""
     from genfast import _backend
 
+    if model == "pixelcnnpp":
+        return f"dmol_loss on {device.type}: {_backend.describe('dmol_loss', device.type)}"
     return f"masked layers on {device.type}: {_backend.describe('masked_conv2d', device.type)}"
 
 
@@ -104,22 +119,27 @@ def _train(args) -> int:
         num_classes = None if args.unconditional else train_data.num_classes
         if num_classes is None:
             train_data.labels = test_data.labels = None
-        if args.hidden < 1 or args.hidden % args.channels:
+        torch.manual_seed(args.seed)
+        config = dict(image_channels=args.channels, levels=args.levels,
+                      num_classes=num_classes, image_size=args.size, impl=args.impl)
+        if args.model == "pixelcnnpp":
+            config.update(nr_resnet=args.nr_resnet, nr_filters=args.nr_filters,
+                          num_mixtures=args.num_mixtures, dropout=args.dropout)
+        elif args.hidden < 1 or args.hidden % args.channels:
             raise ValueError(f"--hidden must be a positive multiple of --channels "
                              f"({args.channels}), got {args.hidden}")
-        torch.manual_seed(args.seed)
-        config = dict(image_channels=args.channels, levels=args.levels, hidden_channels=args.hidden,
-                      num_classes=num_classes, image_size=args.size, impl=args.impl)
+        else:
+            config.update(hidden_channels=args.hidden)
         if args.model == "gated-pixelcnn":
             config.update(num_layers=args.layers, kernel_size=args.kernel_size)
-        else:
+        elif args.model == "pixelcnn":
             config.update(num_blocks=args.blocks)
         model = MODELS[args.model](**config)
         checkpoint = args.checkpoint or os.path.join("runs", f"{args.model}.pt")
         if rank == 0:
             print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters; "
                   f"data {args.data} {args.size}x{args.size}, {args.levels} levels, "
-                  f"{len(train_data)} train / {len(test_data)} test images; {backend_line(device)}")
+                  f"{len(train_data)} train / {len(test_data)} test images; {backend_line(device, args.model)}")
         history = train(model, train_data, val_data=test_data, steps=args.steps,
                         batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
                         checkpoint=checkpoint, seed=args.seed, amp=not args.no_amp, device=device,
@@ -156,7 +176,8 @@ def _sample(args) -> int:
                           device=device, method=args.method)
     seconds = time.perf_counter() - start
     save_grid(images, model.levels, args.out, ncol=min(ncol, n))
-    print(f"{n} samples ({args.method}) in {seconds:.2f} s ({backend_line(device)}); saved {args.out}")
+    name = "pixelcnnpp" if type(model).__name__ == "PixelCNNpp" else "pixelcnn"
+    print(f"{n} samples ({args.method}) in {seconds:.2f} s ({backend_line(device, name)}); saved {args.out}")
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Generative models built from genfast's layers: PixelCNN and Gated PixelCNN
-(autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2,
-the VAE and the autoencoder (genfast.models.vae), and VQGAN's PatchDiscriminator.
+"""Generative models built from genfast's layers: PixelCNN, Gated PixelCNN and
+PixelCNN++ (autoregressive image models), WaveNet (audio), VQ-VAE and VQ-VAE-2,
+the VAE and the autoencoder (genfast.models.vae), VQGAN's PatchDiscriminator and
+the CodeTransformer prior over codes.
 
 The autoregressive models take integer images (N, channels, H, W) in [0, levels):
-model(x) gives logits (N, levels, channels, H, W), model.loss(x) the mean NLL in nats,
+model(x) gives logits (N, levels, channels, H, W) (PixelCNNpp: the DMOL parameters
+(N, P, H, W)), model.loss(x) the mean NLL per sub-pixel in nats,
 model.sample(n, ...) images (naive sampling; see AutoregressiveImageModel.sample for its
 exact use of the generator). Checkpoints of genfast.train rebuild with load_model.
 """
@@ -15,13 +17,14 @@ from genfast.models.code_transformer import CodeTransformer
 from genfast.models.gated_pixelcnn import GatedLayer, GatedPixelCNN
 from genfast.models.patch_discriminator import PatchDiscriminator
 from genfast.models.pixelcnn import PixelCNN
+from genfast.models.pixelcnnpp import PixelCNNpp
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
 from genfast.models.vae import AE, VAE, ELBOTerms
 from genfast.models.vqvae import VQVAE, VQVAE2
 from genfast.models.wavenet import WaveNet, dilation_cycles, mu_law_decode, mu_law_encode
 
 # CLI names of the autoregressive models.
-MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
+MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN, "pixelcnnpp": PixelCNNpp}
 # Every model genfast.train checkpoints, by the name its checkpoints record: the image
 # models and the transformer prior over codes.
 TRAINABLE = {**MODELS, "code-transformer": CodeTransformer}
@@ -54,6 +57,6 @@ def load_model(path, map_location="cpu") -> AutoregressiveImageModel:
     return model.eval()
 
 
-__all__ = ["AE", "AutoregressiveImageModel", "CodeTransformer", "TRAINABLE", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PatchDiscriminator", "PixelCNN", "VAE", "VQVAE",
+__all__ = ["AE", "AutoregressiveImageModel", "CodeTransformer", "TRAINABLE", "ELBOTerms", "GatedLayer", "GatedPixelCNN", "MODELS", "PatchDiscriminator", "PixelCNN", "PixelCNNpp", "VAE", "VQVAE",
            "VQVAE2", "WaveNet", "build_model", "dilation_cycles", "inverse_cdf", "load_model",
            "model_name", "mu_law_decode", "mu_law_encode", "nll", "sampling_uniforms"]

@@ -288,7 +288,7 @@ class AutoregressiveImageModel(nn.Module):
             raise ValueError(f"{model}.sample: known_mask given without prefix")
         else:
             rows = 0
-        u = sampling_uniforms(n, self.image_channels, height, width, generator, device)
+        u = self._sampling_uniforms(n, height, width, generator, device)
 
         was_training = self.training
         self.eval()
@@ -300,6 +300,16 @@ class AutoregressiveImageModel(nn.Module):
         finally:
             self.train(was_training)
         return x
+
+    def _sampling_uniforms(self, n: int, height: int, width: int, generator, device) -> torch.Tensor:
+        """The one sampling_uniforms call of `sample`: one uniform per sub-pixel (a model
+        that draws whole pixels, PixelCNNpp, overrides it)."""
+        return sampling_uniforms(n, self.image_channels, height, width, generator, device)
+
+    def output_nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Mean NLL per sub-pixel in nats of x under forward's output (what genfast.train
+        minimises; PixelCNNpp's output is DMOL parameters)."""
+        return nll(logits, x, self.impl)
 
     def _sample_naive(self, x, known, rows: int, u, labels, cond, temperature: float) -> None:
         """Fills the unknown sub-pixels of x (n, channels, H, W) in place, rerunning the

@@ -1,5 +1,5 @@
 """The training loop of genfast's autoregressive image models (PixelCNN, Gated
-PixelCNN, the VQ-VAE priors); `genfast.train` is this module.
+PixelCNN, PixelCNN++, the VQ-VAE priors); `genfast.train` is this module.
 
 AdamW with a short warm-up and cosine decay, a tqdm progress bar showing loss and
 bits/dim, periodic validation, checkpoints written atomically (temporary file +
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from genfast.data import ImageData
 from genfast.metrics import bits_per_dim
-from genfast.models import AutoregressiveImageModel, model_name, nll
+from genfast.models import AutoregressiveImageModel, model_name
 from genfast.models._compat import upgrade_config
 from genfast.training.checkpoint import (CheckpointError, check_config, load_checkpoint,
                                          restoring, save_checkpoint)
@@ -88,7 +88,7 @@ def evaluate(model: AutoregressiveImageModel, data: ImageData, *, batch_size: in
         x, labels, cond = _on(data, mine[start:start + batch_size], device)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = model(x, labels, cond)
-        total[0] += nll(logits, x).double() * x.numel()
+        total[0] += model.output_nll(logits, x).double() * x.numel()
         total[1] += x.numel()
     if world > 1:
         dist.all_reduce(total)
@@ -169,7 +169,7 @@ def train(model: AutoregressiveImageModel, train_data: ImageData, *, steps: int,
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            loss = nll(wrapped(x, labels, cond), x)
+            loss = model.output_nll(wrapped(x, labels, cond), x)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip is not None:

@@ -19,7 +19,7 @@ import torch
 
 # kind -> the command (or function) that writes such checkpoints, for messages.
 KINDS = {
-    "image-model": "`genfast train pixelcnn|gated-pixelcnn|prior` (genfast.train)",
+    "image-model": "`genfast train pixelcnn|gated-pixelcnn|pixelcnnpp|prior` (genfast.train)",
     "vqvae": "`genfast train vqvae`",
     "wgan-gp": "`genfast train wgan-gp`",
     "wavenet": "`genfast train wavenet`",

@@ -1,0 +1,65 @@
+"""PixelCNN++ sampling, time per batch of images:
+
+- "naive" (the baseline): model.sample(method="naive"), the network rerun for every
+  pixel on the rows up to the next multiple of 4. A whole batch takes minutes on the
+  CPU, so it is timed on ONE pixel of the last row (all other pixels given as known)
+  and scaled by W * sum_i rows(i) / H (extra_info["scale"]; rows(i) = the rows the
+  naive sampler runs for row i): the cost of a pixel grows with those rows. Fixed
+  per-call costs make the real naive sampler slower than that estimate, so the
+  speed-ups are conservative. At batch 1 the full naive run is timed too
+  ("naive, full run").
+- "cached (python)": sample(method="cached"), genfast.models.pixelcnnpp_cache's
+  row- and pixel-incremental evaluation orchestrated from Python (torch ops per layer
+  and pixel; no step kernels yet).
+
+Model: the issue's small one, nr_resnet 2, nr_filters 64, 10 mixtures, 28x28 grey,
+256 levels, float32, dropout inactive (eval). extra_info["images_per_s"] is
+batch / (scaled) median.
+"""
+import pytest
+import torch
+from conftest import record, synced
+
+from genfast.models import PixelCNNpp
+
+IMPLS = ("naive", "naive, full run", "cached (python)")
+CASES = {"grey28": dict(image_channels=1, image_size=28, nr_resnet=2, nr_filters=64, num_mixtures=10)}
+BATCHES = (1, 16)
+
+
+def naive_scale(height: int, width: int) -> float:
+    return width * sum(min(height, 4 * (i // 4 + 1)) for i in range(height)) / height
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_pixelcnnpp_sampling(benchmark, bench_device, quick, case, batch, impl):
+    if impl == "naive, full run" and (batch != 1 or quick):
+        pytest.skip("the full naive run is timed at batch 1 only (minutes), not in --quick")
+    torch.manual_seed(0)
+    model = PixelCNNpp(**CASES[case]).to(bench_device).eval()
+    c, (h, w) = model.image_channels, model.image_size
+    generator = torch.Generator(bench_device)
+    if impl == "naive":
+        # Every pixel known but the last: the naive sampler computes that one alone.
+        prefix = torch.randint(0, model.levels, (batch, c, h, w), device=bench_device)
+        known = torch.ones_like(prefix, dtype=torch.bool)
+        known[:, :, -1, -1] = False
+        kwargs = dict(prefix=prefix, known_mask=known, method="naive")
+        benchmark.extra_info["scale"] = naive_scale(h, w)
+    else:
+        kwargs = dict(method="naive" if impl == "naive, full run" else "cached")
+
+    def run():
+        model.sample(batch, generator=generator.manual_seed(0), **kwargs)
+
+    label = "naive (1 pixel x W*sum(rows)/H, estimated)" if impl == "naive" else impl
+    group = (f"pixelcnn++ sample {c}x{h}x{w} r{model.nr_resnet} f{model.nr_filters} m{model.num_mixtures} "
+             f"b{batch} fp32 {bench_device}")
+    record(benchmark, group, label, baseline=impl == "naive")
+    slow = impl != "naive"
+    benchmark.pedantic(synced(run, bench_device), rounds=1 if slow else 3, warmup_rounds=0 if slow else 1)
+    if benchmark.stats:  # None under --benchmark-disable
+        seconds = benchmark.stats.stats.median * benchmark.extra_info.get("scale", 1)
+        benchmark.extra_info["images_per_s"] = batch / seconds

@@ -1,0 +1,205 @@
+"""genfast.models.PixelCNNpp: shapes, causality (every position, exact in float64), the
+loss against the composite DMOL formula, naive and cached sampling (the same images in
+float64; teacher-forced parameters equal the full forward), training, checkpoints."""
+import math
+
+import pytest
+import torch
+
+import genfast.training.autoregressive as gtrain
+from genfast.data import ImageData
+from genfast.models import MODELS, PixelCNNpp, build_model, load_model, sampling_uniforms
+from genfast.ops.dmol import dmol_loss_reference, dmol_sample_reference
+
+
+def make(channels=1, *, levels=16, nr_resnet=1, nr_filters=8, num_mixtures=3, num_classes=None,
+         size=8, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    model = PixelCNNpp(image_channels=channels, levels=levels, nr_resnet=nr_resnet, nr_filters=nr_filters,
+                       num_mixtures=num_mixtures, dropout=0.0, num_classes=num_classes, image_size=size)
+    # Random biases too (zeros at init would hide a bias added where it must not be).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.uniform_(-0.5, 0.5)
+    return model.to(dtype).eval()
+
+
+def images(n, channels, size, levels=16, seed=1):
+    return torch.randint(0, levels, (n, channels, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("channels,labels", [(1, None), (3, None), (3, 4)])
+def test_shapes_and_config(channels, labels):
+    model = make(channels, num_classes=labels, size=12)
+    x = images(2, channels, 12)
+    y = None if labels is None else torch.tensor([0, 3])
+    params = model(x, y)
+    assert params.shape == (2, (3 if channels == 1 else 10) * 3, 12, 12)
+    assert params.dtype == torch.float64 and torch.isfinite(params).all()
+    # Any multiple-of-4 size runs, not only image_size.
+    assert model(images(1, channels, 8), None if y is None else y[:1]).shape[2:] == (8, 8)
+    assert model(images(1, channels, 16)[:, :, :4], None if y is None else y[:1]).shape[2:] == (4, 16)
+    rebuilt = PixelCNNpp(**model.config)
+    assert rebuilt.config == model.config
+    assert build_model("pixelcnnpp", model.config).config == model.config and MODELS["pixelcnnpp"] is PixelCNNpp
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="image_size must be multiples of 4"):
+        PixelCNNpp(image_size=6)
+    with pytest.raises(ValueError, match="image_channels must be 1"):
+        PixelCNNpp(image_channels=2, image_size=8)
+    with pytest.raises(ValueError, match="dropout must be"):
+        PixelCNNpp(dropout=1.0, image_size=8)
+    with pytest.raises(ValueError, match="nr_resnet must be a positive int"):
+        PixelCNNpp(nr_resnet=0, image_size=8)
+    with pytest.raises(TypeError):
+        PixelCNNpp(1)
+    model = make()
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(images(1, 1, 6))
+    with pytest.raises(TypeError, match="integer levels"):
+        model(torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="labels given but the model is unconditional"):
+        model(images(1, 1, 8), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_causal_at_every_position(channels):
+    """Changing pixel (i, j) (all its colours) leaves the parameters of (i, j) and of
+    every earlier pixel bit-identical, and changes those of its right neighbour (the
+    pixel below at the end of a row: a small model's receptive field does not reach
+    from (i + 1, 0) back to the end of row i)."""
+    size = 8
+    model = make(channels, size=size, nr_resnet=2 if channels == 1 else 1)
+    x = images(1, channels, size)
+    base = model(x)
+    for i in range(size):
+        for j in range(size):
+            y = x.clone()
+            y[:, :, i, j] = (y[:, :, i, j] + 5) % 16
+            out = model(y)
+            flat_base, flat_out = base.flatten(2), out.flatten(2)
+            k = i * size + j
+            assert torch.equal(flat_base[:, :, :k + 1], flat_out[:, :, :k + 1]), (i, j)
+            after = k + 1 if j + 1 < size else k + size
+            if after < size * size:
+                assert not torch.equal(flat_base[:, :, after], flat_out[:, :, after]), (i, j)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_loss_is_the_composite_dmol_formula(channels):
+    model = make(channels, num_classes=3, size=8)
+    x = images(3, channels, 8)
+    labels = torch.tensor([0, 1, 2])
+    expected = dmol_loss_reference(model(x, labels), x, num_mixtures=3, levels=16) / channels
+    torch.testing.assert_close(model.loss(x, labels), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.bits_per_dim(x, labels), expected / math.log(2), rtol=1e-12, atol=1e-12)
+    loss = model.float().loss(x, labels)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def full_forward_sample(model, n, labels, u, prefix=None, known=None, temperature=1.0):
+    """An independent sampler: the whole image through forward for every pixel."""
+    c, (h, w) = model.image_channels, model.image_size
+    x = torch.zeros((n, c, h, w), dtype=torch.long)
+    u = u.permute(3, 2, 0, 1)
+    for i in range(h):
+        for j in range(w):
+            params = model(x, labels)[:, :, i:i + 1, j:j + 1]
+            value = dmol_sample_reference(params, u[:, :, i:i + 1, j:j + 1], num_mixtures=model.num_mixtures,
+                                          levels=model.levels, temperature=temperature)[:, :, 0, 0]
+            if prefix is not None and i < prefix.shape[2]:
+                value = torch.where(known[:, :, i, j], prefix[:, :, i, j], value)
+            x[:, :, i, j] = value
+    return x
+
+
+@pytest.mark.parametrize("channels,classes,method", [(1, None, "cached"), (1, None, "naive"), (3, 3, "cached")])
+def test_sampling_is_the_full_forward_sampler(channels, classes, method):
+    model = make(channels, num_classes=classes, size=8)
+    labels = None if classes is None else torch.tensor([0, 2])
+    got = model.sample(2, labels=labels, generator=torch.Generator().manual_seed(3), method=method,
+                       temperature=0.8)
+    u = sampling_uniforms(2, channels + 1, 8, 8, torch.Generator().manual_seed(3))
+    want = full_forward_sample(model, 2, labels, u, temperature=0.8)
+    assert torch.equal(got, want)
+    assert got.min() >= 0 and got.max() < 16 and got.unique().numel() > 3
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cached_equals_naive_with_completion(channels):
+    model = make(channels, num_classes=2, size=8)
+    labels = torch.tensor([1, 0, 1])
+    prefix = images(3, channels, 8)[:, :, :5]
+    known = torch.rand((3, 1, 5, 8), generator=torch.Generator().manual_seed(0)) < 0.6
+    samples = {method: model.sample(3, labels=labels, prefix=prefix, known_mask=known,
+                                    generator=torch.Generator().manual_seed(7), method=method)
+               for method in ("cached", "naive")}
+    assert torch.equal(samples["cached"], samples["naive"])
+    kept = known.expand(prefix.shape)
+    assert torch.equal(samples["cached"][:, :, :5][kept], prefix[kept])
+    assert not torch.equal(samples["cached"][:, :, :5][~kept], prefix[~kept])
+
+
+def test_known_mask_must_cover_whole_pixels():
+    model = make(3)
+    prefix = images(1, 3, 8)[:, :, :2]
+    mask = torch.ones_like(prefix, dtype=torch.bool)
+    mask[0, 1, 0, 3] = False
+    for method in ("cached", "naive"):
+        with pytest.raises(ValueError, match="same for every colour of a pixel"):
+            model.sample(1, prefix=prefix, known_mask=mask, method=method)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_teacher_forced_cached_params_equal_the_forward_float32(channels):
+    model = make(channels, num_classes=3, size=16, nr_resnet=2, nr_filters=16, dtype=torch.float32)
+    x = images(2, channels, 16)
+    labels = torch.tensor([2, 0])
+    torch.testing.assert_close(model.cached_params(x, labels), model(x, labels), rtol=1e-4, atol=1e-4)
+    # float64: rounding only.
+    torch.testing.assert_close(model.double().cached_params(x, labels), model(x, labels), rtol=1e-12, atol=1e-12)
+
+
+def test_sampling_is_deterministic_and_labels_matter():
+    model = make(1, num_classes=2, size=8)
+    draw = lambda label, seed: model.sample(2, labels=label, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(0, 1), draw(0, 1))
+    assert not torch.equal(draw(0, 1), draw(1, 1))
+    assert not torch.equal(draw(0, 1), draw(0, 2))
+
+
+def test_non_finite_parameters_are_an_error():
+    model = make(1)
+    with torch.no_grad():
+        model.output_conv.bias[0] = float("nan")
+    for method in ("cached", "naive"):
+        with pytest.raises(RuntimeError, match="non-finite parameters"):
+            model.sample(1, method=method)
+
+
+def tiny_data(n=24, levels=16, size=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, levels, (n, 1, size, size), generator=gen)
+    x[:, :, :, : size // 2] = 3  # something to learn
+    return ImageData(x, torch.randint(0, 2, (n,), generator=gen), levels, num_classes=2)
+
+
+def test_training_reduces_the_loss_and_checkpoints_load(tmp_path):
+    data = tiny_data()
+    torch.manual_seed(0)
+    model = PixelCNNpp(levels=16, nr_resnet=1, nr_filters=8, num_mixtures=3, dropout=0.1, num_classes=2,
+                       image_size=8)
+    before = gtrain.evaluate(model, data)
+    path = str(tmp_path / "ppp.pt")
+    history = gtrain.train(model, data, steps=30, batch_size=8, lr=1e-2, val_every=10, val_data=data,
+                           checkpoint=path, progress=False)
+    after = gtrain.evaluate(model, data)
+    assert after < before - 0.5 and history[-1]["val_bpd"] == pytest.approx(after)
+    loaded = load_model(path)
+    assert isinstance(loaded, PixelCNNpp) and loaded.config == model.config
+    x, labels = data.images[:4], data.labels[:4]
+    torch.testing.assert_close(loaded(x, labels), model.eval()(x, labels))
