@@ -217,7 +217,11 @@ class CodeTransformer(nn.Module):
     def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None,
              prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per code, in nats."""
-        return softmax_cross_entropy(self(x, labels, prefix), x, impl=self.impl)
+        return self.output_nll(self(x, labels, prefix), x)
+
+    def output_nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Mean NLL per code in nats of x under forward's logits (what genfast.train minimises)."""
+        return softmax_cross_entropy(logits, x, impl=self.impl)
 
     def bits_per_code(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                       prefix: torch.Tensor | None = None) -> torch.Tensor:
