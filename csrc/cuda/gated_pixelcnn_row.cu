@@ -22,11 +22,11 @@
 #include <cooperative_groups.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <cstdlib>
 
 #include "../gated_pixelcnn_row.h"
 #include "block_gemv.cuh"
+#include "cooperative.cuh"
 #include "warp_draw.cuh"
 
 namespace genfast {
@@ -447,17 +447,8 @@ __global__ void __launch_bounds__(kBatchedThreads)
 // the device cannot launch cooperative kernels), looked up once per device and dtype.
 template <typename T>
 int batched_resident_blocks(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> known[kMaxDevices];  // resident blocks + 1; 0: not looked up yet
-  if (device < kMaxDevices && known[device].load() > 0) return known[device].load() - 1;
-  int cooperative = 0, sms = 0, blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, gated_row_batched_kernel<T>,
-                                                               kBatchedThreads, 0));
-  const int blocks = cooperative ? blocks_per_sm * sms : 0;
-  if (device < kMaxDevices) known[device].store(blocks + 1);
-  return blocks;
+  static ResidentBlocksCache cache;
+  return resident_cooperative_blocks(cache, gated_row_batched_kernel<T>, kBatchedThreads, device);
 }
 
 // Runs the row on the batched kernel: one cooperative launch of `grid` (<= resident)

@@ -7,7 +7,6 @@
 // warps split the reduction and add their partial sums in shared memory in warp
 // order, so results are deterministic. Devices without cooperative launch get one
 // launch per phase instead (the same kernel, one phase at a time).
-#include <atomic>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -18,6 +17,7 @@
 #include <torch/library.h>
 
 #include "../wavenet_step.h"
+#include "cooperative.cuh"
 #include "warp_draw.cuh"
 
 namespace genfast {
@@ -284,17 +284,8 @@ __global__ void __launch_bounds__(kThreads)
 // cannot launch cooperative kernels), looked up once per device.
 template <typename T>
 int resident_blocks(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> known[kMaxDevices];  // resident blocks + 1; 0: not looked up yet
-  if (device < kMaxDevices && known[device].load() > 0) return known[device].load() - 1;
-  int cooperative = 0, sms = 0, blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, wavenet_step_kernel<T>,
-                                                               kThreads, 0));
-  const int blocks = cooperative ? blocks_per_sm * sms : 0;
-  if (device < kMaxDevices) known[device].store(blocks + 1);
-  return blocks;
+  static ResidentBlocksCache cache;
+  return resident_cooperative_blocks(cache, wavenet_step_kernel<T>, kThreads, device);
 }
 
 template <typename T>
