@@ -256,20 +256,7 @@ class AutoregressiveImageModel(nn.Module):
         CDF step. The cached sampler's logits equal them to the same rounding.
         """
         model = type(self).__name__
-        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-            raise ValueError(f"{model}.sample: n must be a positive int, got {n!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                and temperature > 0):
-            raise ValueError(f"{model}.sample: temperature must be a finite number > 0, "
-                             f"got {temperature!r}")
-        if method not in ("cached", "naive"):
-            raise ValueError(f"{model}.sample: method must be 'cached' or 'naive', got {method!r}")
-        impl = self.impl if impl is None else impl
-        if impl not in ("auto", "ext", "reference"):
-            raise ValueError(f"{model}.sample: impl must be 'auto', 'ext' or 'reference', got {impl!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{model}.sample: generator must be a torch.Generator, got "
-                            f"{type(generator).__name__}")
+        impl = check_sample_args(self, n, temperature, method, impl, generator)
         device = torch.device(device) if device is not None else next(self.parameters()).device
         height, width = self.image_size
         if isinstance(labels, int) and not isinstance(labels, bool):
@@ -400,6 +387,24 @@ class AutoregressiveImageModel(nn.Module):
         x[:, :, :rows] = torch.where(mask, prefix.to(x.device, torch.long), 0)
         known[:, :, :rows] = mask
         return rows
+
+
+def check_sample_args(model: nn.Module, n, temperature, method, impl, generator) -> str:
+    """The argument checks of every model's sample(); returns the impl to use (the
+    model's own when impl is None)."""
+    name = type(model).__name__
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise ValueError(f"{name}.sample: n must be a positive int, got {n!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{name}.sample: temperature must be a finite number > 0, got {temperature!r}")
+    if method not in ("cached", "naive"):
+        raise ValueError(f"{name}.sample: method must be 'cached' or 'naive', got {method!r}")
+    impl = model.impl if impl is None else impl
+    if impl not in ("auto", "ext", "reference"):
+        raise ValueError(f"{name}.sample: impl must be 'auto', 'ext' or 'reference', got {impl!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}.sample: generator must be a torch.Generator, got {type(generator).__name__}")
+    return impl
 
 
 def nll(logits: torch.Tensor, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:

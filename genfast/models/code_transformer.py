@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.autoregressive_image import check_labels, is_integer_tensor, positive_int
+from genfast.models.autoregressive_image import check_labels, check_sample_args, is_integer_tensor, positive_int
 from genfast.models.sampling import sampling_uniforms
 from genfast.ops._draw import filtered_draw
 from genfast.ops.softmax_cross_entropy import softmax_cross_entropy
@@ -314,21 +314,11 @@ class CodeTransformer(nn.Module):
         code i (raster order) of sample b takes u[i, b]. Both methods give the same codes.
         """
         model = type(self).__name__
-        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-            raise ValueError(f"{model}.sample: n must be a positive int, got {n!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"{model}.sample: temperature must be a finite number > 0, got {temperature!r}")
+        impl = check_sample_args(self, n, temperature, method, impl, generator)
         if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
             raise ValueError(f"{model}.sample: top_k must be None or an int >= 1, got {top_k!r}")
         if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
             raise ValueError(f"{model}.sample: top_p must be None or a number in (0, 1], got {top_p!r}")
-        if method not in ("cached", "naive"):
-            raise ValueError(f"{model}.sample: method must be 'cached' or 'naive', got {method!r}")
-        impl = self.impl if impl is None else impl
-        if impl not in ("auto", "ext", "reference"):
-            raise ValueError(f"{model}.sample: impl must be 'auto', 'ext' or 'reference', got {impl!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{model}.sample: generator must be a torch.Generator, got {type(generator).__name__}")
         device = torch.device(device) if device is not None else next(self.parameters()).device
         if isinstance(labels, int) and not isinstance(labels, bool):
             labels = torch.full((n,), labels, dtype=torch.long)
