@@ -496,15 +496,8 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
   AT_DISPATCH_FLOATING_TYPES(row_bias.scalar_type(), "gated_pixelcnn_row_cuda", [&] {
     // The batched kernel where it can run (see gated_row_kernel_choice), else the
     // per-image kernel.
-    int resident = 0;
-    if (choice == GatedRowKernel::kAuto || choice == GatedRowKernel::kBatched) {
-      resident = batched_resident_blocks<scalar_t>(device);
-      TORCH_CHECK(resident > 0 || choice == GatedRowKernel::kAuto, op,
-                  ": GENFAST_GATED_ROW_KERNEL=batched, but this device cannot launch the batched "
-                  "kernel cooperatively; use 'phases' or 'per_image'");
-    }
-    if (choice == GatedRowKernel::kPerImage || (choice != GatedRowKernel::kPhases && resident == 0)) {
-      Params<scalar_t> p{};
+    // The arguments and buffers both kernels' parameters hold.
+    const auto set_row_buffers = [&](auto& p) {
       p.prefix = prefix_c.const_data_ptr<int64_t>();
       p.known = known_c.const_data_ptr<bool>();
       p.uniforms = uniforms_c.const_data_ptr<double>();
@@ -515,6 +508,17 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
       p.inputs = inputs.mutable_data_ptr<scalar_t>();
       p.values = values.mutable_data_ptr<int64_t>();
       p.logits = logits.mutable_data_ptr<scalar_t>();
+    };
+    int resident = 0;
+    if (choice == GatedRowKernel::kAuto || choice == GatedRowKernel::kBatched) {
+      resident = batched_resident_blocks<scalar_t>(device);
+      TORCH_CHECK(resident > 0 || choice == GatedRowKernel::kAuto, op,
+                  ": GENFAST_GATED_ROW_KERNEL=batched, but this device cannot launch the batched "
+                  "kernel cooperatively; use 'phases' or 'per_image'");
+    }
+    if (choice == GatedRowKernel::kPerImage || (choice != GatedRowKernel::kPhases && resident == 0)) {
+      Params<scalar_t> p{};
+      set_row_buffers(p);
       p.batch = static_cast<int>(s.batch);
       p.channels = static_cast<int>(s.channels);
       p.width = static_cast<int>(s.width);
@@ -534,21 +538,12 @@ std::tuple<at::Tensor, at::Tensor> gated_pixelcnn_row_cuda(
     // read as zeros); the blocks' slices are written before they are read.
     at::Tensor work = at::zeros({gated_row_work_elements(s, grid)}, row_bias.options());
     const int64_t vectors = s.batch * s.hidden;
-    p.prefix = prefix_c.const_data_ptr<int64_t>();
-    p.known = known_c.const_data_ptr<bool>();
-    p.uniforms = uniforms_c.const_data_ptr<double>();
-    p.temperature = temperature;
-    p.row_bias = row_bias_c.const_data_ptr<scalar_t>();
-    p.w.set(wc);
-    p.input0 = input0.mutable_data_ptr<scalar_t>();
-    p.inputs = inputs.mutable_data_ptr<scalar_t>();
+    set_row_buffers(p);
     p.gated = work.mutable_data_ptr<scalar_t>();
     p.skip = p.gated + s.layers * vectors;
     p.skip_total = p.skip + vectors;
     p.hidden = p.skip_total + vectors;
     p.slices = p.hidden + vectors;
-    p.values = values.mutable_data_ptr<int64_t>();
-    p.logits = logits.mutable_data_ptr<scalar_t>();
     p.width = static_cast<int>(s.width);
     p.features = static_cast<int>(s.features);
     p.taps = static_cast<int>(s.taps);
