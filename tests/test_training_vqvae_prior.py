@@ -194,3 +194,20 @@ def test_top_k_needs_a_transformer_prior(vqvae1, tmp_path):
     with pytest.raises(SystemExit, match="transformer priors only"):
         cli.main(["sample", "vqvae", "--vqvae", vqvae1, "--prior", str(tmp_path), "--n", "2", "--top-k", "3",
                   "--out", str(tmp_path / "s.png")])
+
+
+def test_transformer_prior_over_a_vqgan_tokenizer(tmp_path, capsys):
+    """VQGAN's two stages: a tokenizer of `genfast train vqgan`, then a transformer prior
+    over its codes and two-stage sampling, through the same commands as a VQ-VAE's."""
+    from genfast.training import vqgan
+
+    config = vqgan.VQGANConfig(size=16, steps=2, batch_size=8, channels=8, num_codes=16, code_dim=4,
+                               disc_channels=8, limit=16, perceptual="off", disc_start=1)
+    run = vqgan.train(config, str(tmp_path / "vqgan"), progress=False)
+    prior = tmp_path / "prior"
+    assert train_prior(run.checkpoint, prior, "--prior", "transformer", "--heads", "2") == 0
+    assert "test codes: " in capsys.readouterr().out
+    png = tmp_path / "samples.png"
+    assert cli.main(["sample", "vqvae", "--vqvae", run.checkpoint, "--prior", str(prior), "--n", "4",
+                     "--top-k", "8", "--out", str(png)]) == 0
+    assert "4 samples" in capsys.readouterr().out and png.exists()

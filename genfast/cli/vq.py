@@ -35,7 +35,7 @@ def add_commands(commands, train, sample) -> None:
                                        "the codes of a trained VQ-VAE (one per level: top, then bottom)")
     p.add_argument("--prior", choices=["gated-pixelcnn", "transformer"], default="gated-pixelcnn",
                    help="the prior's kind (default gated-pixelcnn); its checkpoints record it")
-    p.add_argument("--vqvae", required=True, help="a checkpoint of `genfast train vqvae`")
+    p.add_argument("--vqvae", required=True, help="a checkpoint of `genfast train vqvae` or `genfast train vqgan`")
     p.add_argument("--out", default="runs/prior", help="folder of the prior-<level>.pt checkpoints")
     p.add_argument("--steps", type=int, default=1000, help="training steps per level (default 1000)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -55,7 +55,7 @@ def add_commands(commands, train, sample) -> None:
 
     s = sample.add_parser("vqvae", help="sample codes from the prior(s), decode them with the VQ-VAE "
                                         "into a PNG grid")
-    s.add_argument("--vqvae", required=True, help="a checkpoint of `genfast train vqvae`")
+    s.add_argument("--vqvae", required=True, help="a checkpoint of `genfast train vqvae` or `genfast train vqgan`")
     s.add_argument("--prior", required=True, help="the --out folder of `genfast train prior`")
     s.add_argument("--n", type=int, default=40, help="images (default 40)")
     s.add_argument("--labels", default=",".join(map(str, range(NUM_CLASSES))),

@@ -186,6 +186,31 @@ def load_vqvae(path: str, device: torch.device):
     return model.eval(), state["config"]
 
 
+def load_tokenizer(path: str, device: torch.device) -> tuple:
+    """The VQ tokenizer of a `genfast train vqvae` or `genfast train vqgan` checkpoint
+    (eval mode), its image size and its data set's name: (model, size, data). The
+    priors of `genfast train prior` are fitted over either's codes (VQGAN's stage 2)."""
+    try:
+        model, config = load_vqvae(path, device)
+        return model, config["size"], "digits"
+    except CheckpointError as error:
+        if "`genfast train vqgan`" not in str(error):  # the kind check names the other trainer
+            raise
+    from genfast.training.vqgan import load_tokenizer as load_vqgan_tokenizer
+
+    model, config = load_vqgan_tokenizer(path, device)
+    return model, config["size"], config["data"]
+
+
+def unit_interval_split(data: str, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[train, test] (images in [-1, 1], labels) of a data set at size x size."""
+    if data == "digits":
+        return digits_unit_interval(size)
+    from genfast.data import load_dataset
+
+    return [(part.images.float() * (2 / 255) - 1, part.labels) for part in load_dataset(data, size, 256)]
+
+
 # -- the prior over codes: `genfast train prior`, `genfast sample vqvae` -------------
 # One class-conditional Gated PixelCNN per code level, checkpointed in the prior folder
 # as prior-<level>.pt (levels as in `quantizers`: "codes", or "top" then "bottom"). The
@@ -251,7 +276,8 @@ def train_priors(vqvae_path: str, out: str, *, steps: int = 1000, batch_size: in
                  kernel_size: int = 5, embedding_dim: int = 16, heads: int = 4, val_every: int = 200,
                  device="cpu", seed: int = 0, resume: bool = False, progress: bool = True,
                  log: Log = None) -> dict:
-    """Fits one prior per code level of the VQ-VAE checkpoint at vqvae_path, each
+    """Fits one prior per code level of the VQ-VAE (or VQGAN tokenizer) checkpoint at
+    vqvae_path, on the data set it was trained on, each
     checkpointed as OUT/prior-<level>.pt (the checkpoint records the prior's kind);
     returns {level: test bits per code}. prior: "gated-pixelcnn" (kernel_size,
     embedding_dim) or "transformer" (heads); hidden, layers: either's width and depth."""
@@ -260,8 +286,8 @@ def train_priors(vqvae_path: str, out: str, *, steps: int = 1000, batch_size: in
     from genfast.training import autoregressive
 
     device = torch.device(device)
-    vqvae, config = load_vqvae(vqvae_path, device)
-    (train_images, train_labels), (test_images, test_labels) = digits_unit_interval(config["size"])
+    vqvae, size, data = load_tokenizer(vqvae_path, device)
+    (train_images, train_labels), (test_images, test_labels) = unit_interval_split(data, size)
     train_codes = code_data(vqvae, train_images.to(device), train_labels)
     test_codes = code_data(vqvae, test_images.to(device), test_labels)
     if prior == "transformer":
@@ -356,12 +382,12 @@ def sample_images(vqvae_path: str, prior_folder: str, labels: list[int], *, temp
                   seed: int = 0, device="cpu", top_k: int | None = None,
                   top_p: float | None = None) -> VQVAESamples:
     """Two-stage sampling: codes from the priors in prior_folder (top first), decoded by
-    the VQ-VAE at vqvae_path; one image per entry of `labels` (digits 0-9)."""
+    the tokenizer at vqvae_path; one image per entry of `labels` (classes 0-9)."""
     if not labels or not all(isinstance(x, int) and 0 <= x < NUM_CLASSES for x in labels):
         raise ValueError(f"labels must be digits 0-{NUM_CLASSES - 1}, got {labels!r}")
     device = torch.device(device)
-    vqvae, config = load_vqvae(vqvae_path, device)
-    priors = load_priors(prior_folder, vqvae, config["size"], device)
+    vqvae, size, _ = load_tokenizer(vqvae_path, device)
+    priors = load_priors(prior_folder, vqvae, size, device)
     generator = torch.Generator(device).manual_seed(seed)
     start = time.perf_counter()
     codes = sample_codes(vqvae, priors, torch.tensor(labels, device=device), temperature, generator,
