@@ -58,25 +58,20 @@ def test_matches_reference_float64(name, seed, device):
     case = op_cases.CASES[name](seed, device, torch.float64)
     got, got_grads = _outputs_and_grads(case, "ext")
     want, want_grads = _outputs_and_grads(case, "reference")
+    _assert_matches(case, got, got_grads, want, want_grads, "the reference")
+
+
+def _assert_matches(case, got, got_grads, want, want_grads, what):
+    """Outputs (exactly where case.exact says) and gradients within the case's tolerances."""
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         assert a.dtype == b.dtype and a.shape == b.shape
         if i in case.exact:
-            assert torch.equal(a, b), f"output {i} differs from the reference"
+            assert torch.equal(a, b), f"output {i} differs from {what}"
         else:
             torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
-
-
-def _assert_outputs_equal(case, got, want):
-    assert len(got) == len(want)
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        if i in case.exact:
-            assert torch.equal(a, b), f"output {i} differs"
-        else:
-            torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -93,9 +88,7 @@ def test_torch_compile_fullgraph(name, device):
     outputs = compiled()
     assert counter.frame_count == 1 and counter.op_count > 0, "nothing was compiled"
     grads = torch.autograd.grad(_float_sum(outputs), case.grad_inputs) if case.grad_inputs else ()
-    _assert_outputs_equal(case, tuple(o.detach() for o in outputs), want)
-    for a, b in zip(grads, want_grads):
-        torch.testing.assert_close(a, b, rtol=case.rtol, atol=case.atol)
+    _assert_matches(case, tuple(o.detach() for o in outputs), grads, want, want_grads, "eager")
 
 
 class _RecordGenfastCalls(TorchDispatchMode):
