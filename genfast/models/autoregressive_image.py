@@ -76,10 +76,14 @@ def check_labels(labels, n: int, num_classes: int | None, model: str, *,
                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
     if labels.shape != (n,):
         raise ValueError(f"{model}: labels must be shaped ({n},), got {tuple(labels.shape)}")
-    lo, hi = torch.aminmax(labels)
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"{model}: labels must lie in [0, {num_classes}), got "
-                         f"values in [{int(lo)}, {int(hi)}]")
+    check_range(model, "labels", labels, num_classes)
+
+
+def check_range(model: str, subject: str, t: torch.Tensor, upper: int) -> None:
+    """Raises a ValueError unless the non-empty integer tensor t lies in [0, upper)."""
+    lo, hi = torch.aminmax(t)
+    if lo < 0 or hi >= upper:
+        raise ValueError(f"{model}: {subject} must lie in [0, {upper}), got values in [{int(lo)}, {int(hi)}]")
 
 
 class AutoregressiveImageModel(nn.Module):
@@ -183,10 +187,7 @@ class AutoregressiveImageModel(nn.Module):
                              f"got {tuple(x.shape)}")
         if x.numel() == 0:
             raise ValueError(f"{model}: {name} must not be empty, got shape {tuple(x.shape)}")
-        lo, hi = torch.aminmax(x)
-        if lo < 0 or hi >= self.levels:
-            raise ValueError(f"{model}: {name} values must lie in [0, {self.levels}), "
-                             f"got values in [{int(lo)}, {int(hi)}]")
+        check_range(model, f"{name} values", x, self.levels)
 
     def check_conditioning(self, n: int, height: int, width: int, labels, cond) -> None:
         model = type(self).__name__

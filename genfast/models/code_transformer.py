@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.autoregressive_image import check_labels, check_sample_args, is_integer_tensor, positive_int
+from genfast.models.autoregressive_image import (check_labels, check_range, check_sample_args, is_integer_tensor,
+                                                 positive_int)
 from genfast.models.sampling import sampling_uniforms
 from genfast.ops._draw import filtered_draw
 from genfast.ops.softmax_cross_entropy import softmax_cross_entropy
@@ -156,10 +157,7 @@ class CodeTransformer(nn.Module):
         if x.dim() != 4 or x.shape[1] != 1 or tuple(x.shape[2:]) != self.image_size or x.shape[0] == 0:
             raise ValueError(f"{model}: {name} must be shaped (N, 1, {self.image_size[0]}, {self.image_size[1]}), "
                              f"got {tuple(x.shape)}")
-        lo, hi = torch.aminmax(x)
-        if lo < 0 or hi >= self.levels:
-            raise ValueError(f"{model}: {name} values must lie in [0, {self.levels}), got values in "
-                             f"[{int(lo)}, {int(hi)}]")
+        check_range(model, f"{name} values", x, self.levels)
 
     def check_conditioning(self, n: int, height: int, width: int, labels, prefix) -> None:  # noqa: ARG002
         """labels (n,) when num_classes is set; prefix: n codes maps (any shape (n, ...))
@@ -176,10 +174,7 @@ class CodeTransformer(nn.Module):
         if prefix.dim() < 1 or prefix.shape[0] != n or prefix[0].numel() != self.prefix_length:
             raise ValueError(f"{model}: prefix must be shaped ({n}, ...) with {self.prefix_length} codes per "
                              f"sample, got {tuple(prefix.shape)}")
-        lo, hi = torch.aminmax(prefix)
-        if lo < 0 or hi >= self.prefix_levels:
-            raise ValueError(f"{model}: prefix codes must lie in [0, {self.prefix_levels}), got values in "
-                             f"[{int(lo)}, {int(hi)}]")
+        check_range(model, "prefix codes", prefix, self.prefix_levels)
 
     # -- the sequence ------------------------------------------------------------------
     def _start_ids(self, n: int, labels, device) -> torch.Tensor:
