@@ -29,7 +29,13 @@ KINDS = {
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line and names the file."""
+    """A checkpoint that cannot be used; the message is one line and names the file.
+    saved_kind: the kind the file records when it is a checkpoint of another trainer
+    (so a caller accepting several kinds can tell), else None."""
+
+    def __init__(self, message: str, saved_kind: str | None = None):
+        super().__init__(message)
+        self.saved_kind = saved_kind
 
 
 def one_line(text: str) -> str:
@@ -86,7 +92,7 @@ def load_checkpoint(path: str, *, kind: str, required: tuple[str, ...] = (),
     saved_kind = state.get("kind")
     if saved_kind is not None and saved_kind != kind:
         what = KINDS.get(saved_kind, repr(saved_kind))
-        raise CheckpointError(f"{path} is not {expected}: it is a checkpoint of {what}")
+        raise CheckpointError(f"{path} is not {expected}: it is a checkpoint of {what}", saved_kind)
     missing = [key for key in required if key not in state]
     if missing:
         raise CheckpointError(f"{path} is not {expected}: it has no {', '.join(map(repr, missing))}")

@@ -194,7 +194,7 @@ def load_tokenizer(path: str, device: torch.device) -> tuple:
         model, config = load_vqvae(path, device)
         return model, config["size"], "digits"
     except CheckpointError as error:
-        if "`genfast train vqgan`" not in str(error):  # the kind check names the other trainer
+        if error.saved_kind != "vqgan":
             raise
     from genfast.training.vqgan import load_tokenizer as load_vqgan_tokenizer
 
