@@ -63,6 +63,31 @@ def test_float32_close_to_reference(device):
 
 
 @requires_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("width,heads", [(24, 3), (32, 2), (48, 2), (96, 3), (80, 1), (64, 4)])
+def test_float32_head_dims_and_lengths(device, width, heads):
+    """The float32 kernels (on AVX-512 CPUs: attention 16 positions at a time, 64 value
+    columns per register block, a polynomial erf in GELU) over head dims 8..80 (partial
+    vectors and more than one column block) and lengths around multiples of 16, against
+    the reference evaluated in float64 on the same float32 inputs."""
+    model = random_model(7, dtype=torch.float32, levels=9, image_size=(6, 7), width=width, heads=heads,
+                         layers=2, mlp=2 * width, scale=0.6)
+    weights = model.pack_weights(torch.float32, device)
+    g = torch.Generator().manual_seed(width + heads)
+    batch = 3
+    keys, values = (3 * c.normal_(generator=g) for c in model.new_cache(batch, torch.float32, "cpu"))
+    tokens = torch.randint(0, model.vocabulary, (batch,), generator=g).to(device)
+    uniforms = torch.rand(batch, generator=g, dtype=torch.float64).to(device)
+    weights64 = TransformerWeights(*(w.double() for w in weights))
+    for step in (0, 1, 15, 16, 17, 33, model.positions - 1):
+        got = ops.transformer_decode_step(tokens, keys.to(device), values.to(device), uniforms, step, weights,
+                                          impl="ext")[1]
+        want = ops.transformer_decode_step(tokens, keys.double().to(device), values.double().to(device), uniforms,
+                                           step, weights64, impl="reference")[1]
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@requires_ext
 @pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (2, 1.0), (0, 0.5), (5, 0.8), (1, 0.3), (40, 0.99)])
 def test_kernel_draw_follows_the_rule(top_k, top_p):
     """Many draws of one step, with ties: the kernel's values equal filtered_draw's."""

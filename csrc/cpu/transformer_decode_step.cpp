@@ -42,23 +42,6 @@ void parallel_gemm(const MathKernels<T>& math, int64_t batch, const T* x, int64_
   });
 }
 
-// sum_i a[i] b[i] in kLanes partial sums, so that the compiler vectorises it (a single
-// running sum is a serial dependency chain it may not reorder).
-constexpr int kLanes = 16;
-
-template <typename T>
-T dot_product(const T* __restrict a, const T* __restrict b, int64_t n) {
-  T part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) part[j] += a[i + j] * b[i + j];
-  }
-  for (; i < n; ++i) part[0] += a[i] * b[i];
-  T sum = 0;
-  for (int j = 0; j < kLanes; ++j) sum += part[j];
-  return sum;
-}
-
 // out = LayerNorm(x) * gamma + beta over D values (statistics in double).
 template <typename T>
 void layer_norm(const T* x, const T* gamma, const T* beta, int64_t D, T* out) {
@@ -141,31 +124,14 @@ void decode_step(const TransformerShape& s, const int64_t* tokens, T* keys, T* v
         T* vc = values + base;
         std::copy(q + D, q + D + HD, kc + step * HD);
         std::copy(q + 2 * D, q + 2 * D + HD, vc + step * HD);
-        T* p = scores.data() + item * t_len;
-        T best = -INFINITY;
-        for (int64_t t = 0; t < t_len; ++t) {
-          p[t] = dot_product(q, kc + t * HD, HD) * scale;
-          best = std::max(best, p[t]);
-        }
-        T sum = 0;
-        for (int64_t t = 0; t < t_len; ++t) {
-          p[t] = std::exp(p[t] - best);
-          sum += p[t];
-        }
-        T* out = context.data() + b * D + head * HD;
-        std::fill(out, out + HD, T(0));
-        for (int64_t t = 0; t < t_len; ++t) {
-          const T a = p[t] / sum;
-          const T* v = vc + t * HD;
-          for (int64_t i = 0; i < HD; ++i) out[i] += a * v[i];
-        }
+        math.attend(q, kc, vc, t_len, HD, scale, scores.data() + item * t_len, context.data() + b * D + head * HD);
       }
     });
     parallel_gemm(math, B, context.data(), D, w.out_weight + l * D * D, D, w.out_bias + l * D, tmp.data());
     for (int64_t i = 0; i < B * D; ++i) x[i] += tmp[i];
     layer_norm_rows(B, x.data(), w.ln2_weight + l * D, w.ln2_bias + l * D, D, h.data());
     parallel_gemm(math, B, h.data(), D, w.mlp_weight1 + l * D * M, M, w.mlp_bias1 + l * M, hidden.data());
-    for (int64_t i = 0; i < B * M; ++i) hidden[i] = gelu_value(hidden[i]);
+    math.gelu(hidden.data(), B * M);
     parallel_gemm(math, B, hidden.data(), M, w.mlp_weight2 + l * M * D, D, w.mlp_bias2 + l * D, tmp.data());
     for (int64_t i = 0; i < B * D; ++i) x[i] += tmp[i];
   }
