@@ -1,24 +1,26 @@
-// The float32 path of dmol_loss on the CPU (csrc/cpu/dmol.cpp threads it): kLanes = 16
-// consecutive pixels of a row ("a strip") at a time, each (B, P, H, W) channel of the
-// strip one contiguous 64-byte load, the formulas of csrc/dmol.h written branch-free on
-// GCC vector types (one AVX-512 register, two AVX2 or four SSE ones) with polynomial
-// exp and log. The two entry points are compiled for AVX-512, AVX2+FMA and the
-// baseline (target_clones picks one at load time); everything below them is
-// always_inline so that each clone gets its own code.
+// The float32 path of dmol_loss on the CPU (csrc/cpu/dmol.cpp threads it, a task being
+// kLanes = 16 consecutive pixels of an image): the formulas of csrc/dmol.h written
+// branch-free on GCC vector types of the register's width, with polynomial exp and
+// log (dmol_lanes_impl.h). Each (B, P, H, W) channel of a vector of pixels is one
+// contiguous unaligned load. Compiled three times: AVX-512 (16 floats), AVX2+FMA (8)
+// and the baseline (4); the entry points pick one at run time.
 //
 // Per bin, one exp each for 1/scale, e^-|p|, e^-|m|, e^-|mid| and e^-w, and a single
 // log shared by the exact bin and the mid-bin approximation (the branch is chosen
-// from the probability itself, before the log). Denormals are flushed to zero while
-// a kernel runs (MXCSR FTZ/DAZ, restored on exit): posteriors of far-off mixtures
-// reach e^-87 and their products underflow, which otherwise costs a microcode assist
-// per lane; values below 1e-38 are 0 for this loss.
+// from the probability itself, before the log). The next task's channel rows are
+// prefetched: a pixel's P channels lie H*W*4 bytes apart, more streams than the
+// hardware prefetcher follows. Denormals are flushed to zero while a kernel runs
+// (MXCSR FTZ/DAZ, restored on exit): posteriors of far-off mixtures reach e^-87 and
+// their products underflow, which otherwise costs a microcode assist per lane;
+// values below 1e-38 are 0 for this loss.
 #pragma GCC optimize("no-trapping-math", "fp-contract=fast")
-#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments: all inlined
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments: every such function is inlined
 
 #include "dmol_lanes.h"
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -28,221 +30,30 @@
 
 #include "../dmol.h"
 
-namespace genfast {
-namespace {
-
 #define GENFAST_INLINE __attribute__((always_inline)) inline
 
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
+#define GENFAST_DMOL_WIDTH 4
+#define GENFAST_DMOL_NAMESPACE width4
+#include "dmol_lanes_impl.h"
+#undef GENFAST_DMOL_WIDTH
+#undef GENFAST_DMOL_NAMESPACE
 
-GENFAST_INLINE vf splat(float v) { return vf{} + v; }
-GENFAST_INLINE vf as_float(vi v) { return reinterpret_cast<vf>(v); }  // bit casts
-GENFAST_INLINE vi as_int(vf v) { return reinterpret_cast<vi>(v); }
-GENFAST_INLINE vf vabs(vf v) { return as_float(as_int(v) & 0x7fffffff); }
-// mask ? a : b per lane, for masks kept in variables (all bits set or clear): GCC 12
-// turns a vector ?: on such a mask into per-lane scalar code, but not this.
-GENFAST_INLINE vf sel(vi mask, vf a, vf b) { return as_float((mask & as_int(a)) | (~mask & as_int(b))); }
-// Selects written so that NaN passes through: relu(NaN) = NaN.
-GENFAST_INLINE vf relu(vf v) { return v < 0.0f ? splat(0.0f) : v; }
+#ifdef GENFAST_DMOL_X86
+#define GENFAST_DMOL_WIDTH 8
+#define GENFAST_DMOL_NAMESPACE width8
+#include "dmol_lanes_impl.h"
+#undef GENFAST_DMOL_WIDTH
+#undef GENFAST_DMOL_NAMESPACE
 
-// The strip at ptr: a full one (Full: n == kLanes) is one unaligned vector load, a
-// partial one (the last strip of an image) is padded with zeros, harmless values for
-// every input here.
-template <bool Full>
-GENFAST_INLINE vf load(const float* ptr, int n) {
-  vf v = {};
-  if (Full) {
-    std::memcpy(&v, ptr, sizeof(v));
-  } else {
-    for (int l = 0; l < n; ++l) v[l] = ptr[l];
-  }
-  return v;
-}
-template <bool Full>
-GENFAST_INLINE void store(float* ptr, vf v, int n) {
-  if (Full) {
-    std::memcpy(ptr, &v, sizeof(v));
-  } else {
-    for (int l = 0; l < n; ++l) ptr[l] = v[l];
-  }
-}
+#define GENFAST_DMOL_WIDTH 16
+#define GENFAST_DMOL_NAMESPACE width16
+#include "dmol_lanes_impl.h"
+#undef GENFAST_DMOL_WIDTH
+#undef GENFAST_DMOL_NAMESPACE
+#endif
 
-// e^x: Cody-Waite reduction and Cephes' degree-6 polynomial (~1 ulp, as fast_math.h's
-// fast_exp) on [-87, 88.37]; the argument is clamped there (e^-inf gives 1.6e-38,
-// which every caller treats as 0). NaN stays NaN.
-GENFAST_INLINE vf vexp(vf x) {
-  x = x < -87.0f ? splat(-87.0f) : x;
-  x = x > 88.37f ? splat(88.37f) : x;
-  // round(x / ln 2) by the 1.5 * 2^23 trick: t's low mantissa bits hold it as an integer.
-  const vf t = x * 1.44269504088896341f + 12582912.0f;
-  const vf n = t - 12582912.0f;
-  const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const vi e = (as_int(t) - 0x4b400000 + 127) << 23;
-  return p * as_float(e);
-}
-
-// log x for x > 0 (Cephes' logf: mantissa in [sqrt(1/2), sqrt 2), degree-8
-// polynomial, ~2 ulp); x below the smallest normal gives ~-87.3; NaN stays NaN.
-GENFAST_INLINE vf vlog(vf x) {
-  const vf in = x;
-  x = x < 1.17549435e-38f ? splat(1.17549435e-38f) : x;
-  const vi bits = as_int(x);
-  vf e = as_float((bits >> 23) | 0x4b000000) - (8388608.0f + 127.0f);  // the exponent, as a float
-  vf m = as_float((bits & 0x007fffff) | 0x3f800000);  // [1, 2)
-  const vi big = m > 1.41421356f;
-  m = sel(big, m * 0.5f, m);
-  e = sel(big, e + 1.0f, e);
-  const vf f = m - 1.0f;
-  const vf z = f * f;
-  vf p = splat(7.0376836292e-2f);
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  vf y = p * f * z;
-  y += e * -2.12194440e-4f;
-  y += -0.5f * z;
-  const vf out = f + y + e * 0.693359375f;
-  return in != in ? in : out;
-}
-
-// 1 - e^-w for w >= 0 given ew = e^-w, with relative accuracy as w -> 0 (series
-// below 1/4, where 1 - ew cancels).
-GENFAST_INLINE vf one_minus(vf w, vf ew) {
-  const vf s = w * (1.0f - w * (0.5f - w * (1.0f / 6 - w * (1.0f / 24 - w * (1.0f / 120 - w * (1.0f / 720))))));
-  return w < 0.25f ? s : 1.0f - ew;
-}
-
-// tanh r = 1 - 2 / (e^2|r| + 1) with the sign, the series below |r| = 1/8.
-GENFAST_INLINE vf vtanh(vf r) {
-  const vf a = vabs(r), z = a * a;
-  const vf big = 1.0f - 2.0f / (vexp(2.0f * a) + 1.0f);
-  const vf small = a * (1.0f - z * (1.0f / 3 - z * (2.0f / 15 - z * (17.0f / 315))));
-  const vf t = a < 0.125f ? small : big;
-  return as_float(as_int(t) | (as_int(r) & int32_t(0x80000000u)));
-}
-
-// One strip of one image: the levels and their positions per colour, the logits'
-// log-sum-exp.
-template <bool Full>
-struct Strip {
-  int n;
-  int64_t channels, mixtures, levels, hw;
-  const float* params;  // image b's params + j0
-  vf level[3], position[3];
-  vi left[3], right[3];  // level 0 / level levels - 1: the open-ended bins
-  vf lse;
-  float log_half_levels;  // log((levels - 1) / 2)
-
-  GENFAST_INLINE vf row(int64_t channel) const { return load<Full>(params + channel * hw, n); }
-
-  GENFAST_INLINE void init(const float* image_params, const int64_t* image_x, int64_t j0) {
-    params = image_params + j0;
-    log_half_levels = float(std::log(double(levels - 1) / 2.0));
-    const float h = 1.0f / float(levels - 1);
-    for (int64_t c = 0; c < channels; ++c) {
-      float lv[kLanes] = {};
-      for (int l = 0; l < n; ++l) lv[l] = float(image_x[c * hw + j0 + l]);
-      std::memcpy(&level[c], lv, sizeof(lv));
-      position[c] = level[c] * (2.0f * h) - 1.0f;
-      left[c] = level[c] == 0.0f;
-      right[c] = level[c] == float(levels - 1);
-    }
-    vf top = row(0);
-    for (int64_t k = 1; k < mixtures; ++k) {
-      const vf v = row(k);
-      top = v > top ? v : top;
-    }
-    vf sum = {};
-    for (int64_t k = 0; k < mixtures; ++k) sum += vexp(row(k) - top);
-    lse = top + vlog(sum);
-  }
-};
-
-// log P(bin) of colour c for one mixture (mean already coupled, raw log-scale), and
-// with Grad its derivatives (d_log_scale 0 below the clamp, torch.clamp's rule).
-// Every regime (edge bins, exact bin, mid-bin approximation) is computed for every
-// lane and selected.
-struct Bin {
-  vf value, d_mean, d_log_scale;
-};
-
-template <bool Grad, class Strip>
-GENFAST_INLINE Bin bin(const Strip& s, int64_t c, vf mean, vf raw_scale) {
-  const float h = 1.0f / float(s.levels - 1);
-  const float log_half_levels = s.log_half_levels;
-  const vi left = s.left[c], right = s.right[c], edge = left | right;
-  const vf log_scale = raw_scale < float(kMinLogScale) ? splat(float(kMinLogScale)) : raw_scale;
-  const vf inv = vexp(-log_scale);
-  const vf centered = s.position[c] - mean;
-  const vf mid = inv * centered, p = mid + inv * h, m = mid - inv * h, w = inv * (2.0f * h);
-  const vf ep = vexp(-vabs(p)), em = vexp(-vabs(m)), e_mid = vexp(-vabs(mid));
-  const vf q = one_minus(w, vexp(-w));  // 1 - e^-(p - m)
-  // P = sig(p) sig(-m) (1 - e^-w) = e^-linear * core, core = q / ((1 + ep)(1 + em))
-  // in the middle; sig(p) (left) and sig(-m) (right) at the edges.
-  const vf one_p = sel(right, splat(1.0f), 1.0f + ep), one_m = sel(left, splat(1.0f), 1.0f + em);
-  const vf r = 1.0f / (one_p * one_m);
-  const vf core = sel(edge, r, q * r);
-  const vf linear = sel(right, splat(0.0f), relu(-p)) + sel(left, splat(0.0f), relu(m));
-  const vf e_linear = sel(right | (p >= 0.0f), splat(1.0f), ep) * sel(left | (m <= 0.0f), splat(1.0f), em);
-  // The composite formula's rule: the mid-bin density where P <= 1e-5 (never at edges).
-  const vi tiny = ~edge & (core * e_linear <= float(kTinyProbability));
-  // log pdf(centre) + log 2h = mid - s - 2 softplus(mid) - log((L-1)/2), softplus(mid)
-  // = relu(mid) + log(1 + e_mid): one log for both branches.
-  const vf one_mid = 1.0f + e_mid;
-  const vf lg = vlog(sel(tiny, one_mid * one_mid, core));
-  Bin out;
-  out.value = sel(tiny, mid - log_scale - 2.0f * relu(mid) - log_half_levels - lg, lg - linear);
-  if (Grad) {
-    const vf sp = sel(right, splat(0.0f), (p >= 0.0f ? ep : splat(1.0f)) * r * one_m);  // sig(-p)
-    const vf sm = sel(left, splat(0.0f), (m >= 0.0f ? splat(1.0f) : em) * r * one_p);   // sig(m)
-    // d/dw log(1 - e^-w) = e^-w / (1 - e^-w); w = 2h/scale shrinks as s grows.
-    const vf width_term = sel(edge, splat(0.0f), w * (1.0f - q) / q);
-    const vf slope = (mid >= 0.0f ? e_mid - 1.0f : 1.0f - e_mid) / one_mid;  // 1 - 2 sig(mid)
-    out.d_mean = sel(tiny, -inv * slope, -inv * (sp - sm));
-    const vf ds = sel(tiny, -mid * slope - 1.0f, -p * sp + m * sm - width_term);
-    out.d_log_scale = raw_scale >= float(kMinLogScale) ? ds : splat(0.0f);
-  }
-  return out;
-}
-
-// a = sum_c log P_c for mixture k; with Grad the per-colour derivatives and the
-// coupling coefficients.
-struct Mixture {
-  vf a, coeff[3], d_mean[3], d_log_scale[3];
-};
-
-template <bool Grad, class Strip>
-GENFAST_INLINE Mixture mixture(const Strip& s, int64_t k) {
-  const int64_t m = s.mixtures, block = dmol_block(s.channels, m);
-  Mixture out;
-  out.a = vf{};
-  if (s.channels == 3) {
-    for (int64_t c = 0; c < 3; ++c) out.coeff[c] = vtanh(s.row(m + c * block + 2 * m + k));
-  }
-  for (int64_t c = 0; c < s.channels; ++c) {
-    const int64_t base = m + c * block;
-    vf mean = s.row(base + k);
-    if (c == 1) mean += out.coeff[0] * s.position[0];
-    if (c == 2) mean += out.coeff[1] * s.position[0] + out.coeff[2] * s.position[1];
-    const Bin b = bin<Grad>(s, c, mean, s.row(base + m + k));
-    out.a += b.value;
-    if (Grad) out.d_mean[c] = b.d_mean, out.d_log_scale[c] = b.d_log_scale;
-  }
-  return out;
-}
+namespace genfast {
+namespace {
 
 // Flush-to-zero and denormals-are-zero for the scope (the calling thread's MXCSR).
 struct FlushDenormals {
@@ -253,124 +64,84 @@ struct FlushDenormals {
 #endif
 };
 
-// The next strip's 64 bytes of each of the `count` channels at base (stride hw): the
-// channels of a strip lie hw * 4 bytes apart, more streams than the hardware
-// prefetcher follows, so without this nearly every row load misses the cache.
-GENFAST_INLINE void prefetch_rows(const float* base, int64_t count, int64_t hw, bool write) {
-  for (int64_t ch = 0; ch < count; ++ch) {
-    if (write) {
-      __builtin_prefetch(base + ch * hw, 1);
-    } else {
-      __builtin_prefetch(base + ch * hw, 0);
-    }
-  }
+enum class Isa { baseline, avx2, avx512 };
+
+// The widest instruction set this CPU has, or a narrower one named by the environment
+// variable GENFAST_DMOL_ISA ("avx2", "baseline"; read at every call, so that the tests
+// can run each path on one machine).
+Isa isa() {
+#ifdef GENFAST_DMOL_X86
+  static const Isa best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") ? Isa::avx512
+                          : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? Isa::avx2
+                                                                                             : Isa::baseline;
+  const char* asked = std::getenv("GENFAST_DMOL_ISA");
+  if (asked != nullptr && std::strcmp(asked, "baseline") == 0) return Isa::baseline;
+  if (asked != nullptr && std::strcmp(asked, "avx2") == 0 && best != Isa::baseline) return Isa::avx2;
+  return best;
+#else
+  return Isa::baseline;
+#endif
 }
 
-struct Problem {
-  const float* params;
-  const int64_t* x;
-  int64_t p, hw, channels, mixtures, levels;
-};
-
-// nll of the strip of image b at j0.
-template <bool Full>
-GENFAST_INLINE void loss_strip(const Problem& pr, int64_t b, int64_t j0, int n, float* nll) {
-  constexpr int64_t kChunk = 16;  // mixtures per log-sum-exp pass: a running (top, sum) across chunks
-  vf a[kChunk];
-  Strip<Full> s{n, pr.channels, pr.mixtures, pr.levels, pr.hw};
-  if (j0 + kLanes < pr.hw) {
-    prefetch_rows(pr.params + b * pr.p * pr.hw + j0 + kLanes, pr.p, pr.hw, false);
-    prefetch_rows(reinterpret_cast<const float*>(pr.x + b * pr.channels * pr.hw + j0 + kLanes), pr.channels, 2 * pr.hw, false);
-  }
-  s.init(pr.params + b * pr.p * pr.hw, pr.x + b * pr.channels * pr.hw, j0);
-  vf top = splat(-INFINITY), sum = {};
-  for (int64_t k0 = 0; k0 < pr.mixtures; k0 += kChunk) {
-    const int64_t count = pr.mixtures - k0 < kChunk ? pr.mixtures - k0 : kChunk;
-    vf chunk_top = splat(-INFINITY);
-    for (int64_t i = 0; i < count; ++i) {
-      a[i] = s.row(k0 + i) + mixture<false>(s, k0 + i).a;
-      chunk_top = a[i] > chunk_top ? a[i] : chunk_top;
-    }
-    const vf new_top = chunk_top > top ? chunk_top : top;
-    sum = k0 == 0 ? sum : sum * vexp(top - new_top);
-    for (int64_t i = 0; i < count; ++i) sum += vexp(a[i] - new_top);
-    top = new_top;
-  }
-  store<Full>(nll + b * pr.hw + j0, s.lse - (top + vlog(sum)), n);
+// One entry point per instruction set; no lambdas inside (a lambda is a function of
+// its own, compiled for the baseline).
+void loss_baseline(const width4::Problem& pr, float* nll, int64_t begin, int64_t end) {
+  width4::loss_tasks(pr, nll, begin, end);
 }
-
-// grad of the strip of image b at j0.
-template <bool Full>
-GENFAST_INLINE void backward_strip(const Problem& pr, int64_t b, int64_t j0, int n, const float* grad_nll,
-                                   const float* nll, float* grad) {
-  const int64_t mixtures = pr.mixtures, hw = pr.hw, block = dmol_block(pr.channels, mixtures);
-  Strip<Full> s{n, pr.channels, mixtures, pr.levels, hw};
-  if (j0 + kLanes < hw) {
-    prefetch_rows(pr.params + b * pr.p * hw + j0 + kLanes, pr.p, hw, false);
-    prefetch_rows(grad + b * pr.p * hw + j0 + kLanes, pr.p, hw, true);
-  }
-  s.init(pr.params + b * pr.p * hw, pr.x + b * pr.channels * hw, j0);
-  const vf g = load<Full>(grad_nll + b * hw + j0, n), saved = load<Full>(nll + b * hw + j0, n);
-  float* out = grad + b * pr.p * hw + j0;
-  for (int64_t k = 0; k < mixtures; ++k) {
-    const Mixture mix = mixture<true>(s, k);
-    const vf log_weight = s.row(k) - s.lse;
-    // The posterior of mixture k: its share of the pixel's likelihood.
-    const vf posterior = vexp(log_weight + mix.a + saved);
-    store<Full>(out + k * hw, g * (vexp(log_weight) - posterior), n);
-    const vf scale = -g * posterior;
-    vf g_mean[3];
-    for (int64_t c = 0; c < pr.channels; ++c) {
-      g_mean[c] = scale * mix.d_mean[c];
-      store<Full>(out + (mixtures + c * block + k) * hw, g_mean[c], n);
-      store<Full>(out + (mixtures + c * block + mixtures + k) * hw, scale * mix.d_log_scale[c], n);
-    }
-    if (pr.channels == 3) {  // d tanh(r) / dr = 1 - tanh^2
-      store<Full>(out + (mixtures + 2 * mixtures + k) * hw,
-                  g_mean[1] * s.position[0] * (1.0f - mix.coeff[0] * mix.coeff[0]), n);
-      store<Full>(out + (mixtures + block + 2 * mixtures + k) * hw,
-                  g_mean[2] * s.position[0] * (1.0f - mix.coeff[1] * mix.coeff[1]), n);
-      store<Full>(out + (mixtures + 2 * block + 2 * mixtures + k) * hw,
-                  g_mean[2] * s.position[1] * (1.0f - mix.coeff[2] * mix.coeff[2]), n);
-    }
-  }
+void backward_baseline(const width4::Problem& pr, const float* grad_nll, const float* nll, float* grad,
+                       int64_t begin, int64_t end) {
+  width4::backward_tasks(pr, grad_nll, nll, grad, begin, end);
 }
-
-#define GENFAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#ifdef GENFAST_DMOL_X86
+__attribute__((target("avx2,fma"))) void loss_avx2(const width8::Problem& pr, float* nll, int64_t begin,
+                                                   int64_t end) {
+  width8::loss_tasks(pr, nll, begin, end);
+}
+__attribute__((target("avx2,fma"))) void backward_avx2(const width8::Problem& pr, const float* grad_nll,
+                                                       const float* nll, float* grad, int64_t begin, int64_t end) {
+  width8::backward_tasks(pr, grad_nll, nll, grad, begin, end);
+}
+__attribute__((target("avx512f,fma"))) void loss_avx512(const width16::Problem& pr, float* nll, int64_t begin,
+                                                        int64_t end) {
+  width16::loss_tasks(pr, nll, begin, end);
+}
+__attribute__((target("avx512f,fma"))) void backward_avx512(const width16::Problem& pr, const float* grad_nll,
+                                                            const float* nll, float* grad, int64_t begin,
+                                                            int64_t end) {
+  width16::backward_tasks(pr, grad_nll, nll, grad, begin, end);
+}
+#endif
 
 }  // namespace
 
-GENFAST_CLONES void dmol_loss_lanes(const float* params, const int64_t* x, int64_t p, int64_t hw,
-                                    int64_t channels, int64_t mixtures, int64_t levels, float* nll, int64_t begin,
-                                    int64_t end) {
-  // No lambdas here: a lambda is a function of its own, compiled for the baseline.
+void dmol_loss_lanes(const float* params, const int64_t* x, int64_t p, int64_t hw, int64_t channels,
+                     int64_t mixtures, int64_t levels, float* nll, int64_t begin, int64_t end) {
   FlushDenormals ftz;
-  const Problem pr{params, x, p, hw, channels, mixtures, levels};
-  const int64_t strips = dmol_strips(hw);
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t b = task / strips, j0 = (task % strips) * kLanes;
-    if (hw - j0 >= kLanes) {
-      loss_strip<true>(pr, b, j0, kLanes, nll);
-    } else {
-      loss_strip<false>(pr, b, j0, int(hw - j0), nll);
-    }
+  switch (isa()) {
+#ifdef GENFAST_DMOL_X86
+    case Isa::avx512:
+      return loss_avx512({params, x, p, hw, channels, mixtures, levels}, nll, begin, end);
+    case Isa::avx2:
+      return loss_avx2({params, x, p, hw, channels, mixtures, levels}, nll, begin, end);
+#endif
+    default:
+      return loss_baseline({params, x, p, hw, channels, mixtures, levels}, nll, begin, end);
   }
 }
 
-GENFAST_CLONES void dmol_loss_backward_lanes(const float* grad_nll, const float* params, const int64_t* x,
-                                             const float* nll, int64_t p, int64_t hw, int64_t channels,
-                                             int64_t mixtures, int64_t levels, float* grad, int64_t begin,
-                                             int64_t end) {
+void dmol_loss_backward_lanes(const float* grad_nll, const float* params, const int64_t* x, const float* nll,
+                              int64_t p, int64_t hw, int64_t channels, int64_t mixtures, int64_t levels,
+                              float* grad, int64_t begin, int64_t end) {
   FlushDenormals ftz;
-  const Problem pr{params, x, p, hw, channels, mixtures, levels};
-  const int64_t strips = dmol_strips(hw);
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t b = task / strips, j0 = (task % strips) * kLanes;
-    if (hw - j0 >= kLanes) {
-      backward_strip<true>(pr, b, j0, kLanes, grad_nll, nll, grad);
-    } else {
-      backward_strip<false>(pr, b, j0, int(hw - j0), grad_nll, nll, grad);
-    }
+  switch (isa()) {
+#ifdef GENFAST_DMOL_X86
+    case Isa::avx512:
+      return backward_avx512({params, x, p, hw, channels, mixtures, levels}, grad_nll, nll, grad, begin, end);
+    case Isa::avx2:
+      return backward_avx2({params, x, p, hw, channels, mixtures, levels}, grad_nll, nll, grad, begin, end);
+#endif
+    default:
+      return backward_baseline({params, x, p, hw, channels, mixtures, levels}, grad_nll, nll, grad, begin, end);
   }
 }
 
