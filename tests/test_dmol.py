@@ -314,10 +314,23 @@ def test_bad_input_direct_ops():
             call()
 
 
+# The float32 CPU kernel's instruction sets (csrc/cpu/dmol_lanes.cpp): GENFAST_DMOL_ISA
+# narrows the run-time choice, so each vector width runs on this machine ("best" is
+# AVX-512 where the CPU has it).
+ISAS = ["best", "avx2", "baseline"]
+
+
+@pytest.fixture(params=ISAS)
+def dmol_isa(request, monkeypatch):
+    if request.param != "best":
+        monkeypatch.setenv("GENFAST_DMOL_ISA", request.param)
+    return request.param
+
+
 @requires_ext
 @pytest.mark.parametrize("channels,m,levels", CASES)
-def test_float32_lanes_extreme(channels, m, levels):
-    """The vectorised float32 path (16-pixel strips, a partial one at the end, edge bins,
+def test_float32_lanes_extreme(channels, m, levels, dmol_isa):
+    """The vectorised float32 path (16-pixel tasks, partial vectors at the end, edge bins,
     clamped and huge log-scales, mid-bin fix-ups) against the float64 formula."""
     params = random_params(21, 2, channels, m, 5, 7).requires_grad_()
     x = random_images(21, 2, channels, 5, 7, levels)
@@ -329,3 +342,58 @@ def test_float32_lanes_extreme(channels, m, levels):
     g_got, = torch.autograd.grad((got * up.float()).sum(), p32)
     g_want, = torch.autograd.grad((want * up).sum(), params)
     torch.testing.assert_close(g_got.double(), g_want, rtol=1e-3, atol=2e-3)
+
+
+def bin_sweep(levels=256):
+    """One grey mixture per pixel (so the NLL is -log P(bin) itself): levels at and
+    next to both edges and in the middle, means from 2.2 below to 2.2 above the level's
+    position (through the mid-bin regime far out), log-scales from below the clamp
+    (-7.5) to flat (30); float32-representable float64 params."""
+    levels_ = torch.tensor([0, 1, 2, 64, 127, 128, 200, levels - 2, levels - 1], dtype=torch.float64)
+    offsets = torch.linspace(-2.2, 2.2, 89, dtype=torch.float64)
+    log_scales = torch.tensor([-7.5, -6.99, -6, -5, -4, -3, -2, -1, 0, 1, 2, 4, 8, 16, 30], dtype=torch.float64)
+    lv, off, ls = (t.flatten() for t in torch.meshgrid(levels_, offsets, log_scales, indexing="ij"))
+    logits = torch.randn(lv.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    mean = 2.0 * lv / (levels - 1) - 1.0 + off
+    params = torch.stack([logits, mean, ls]).reshape(1, 3, 1, -1).float().double()
+    return params, lv.long().reshape(1, 1, 1, -1)
+
+
+@requires_ext
+def test_float32_error_bounds(dmol_isa):
+    """The polynomial exp/log of the float32 CPU kernel, bounded against the float64
+    formula over every regime of one bin: |error| <= 4e-6 (1 + |nll|) for the NLL
+    (measured 5.8e-7), and <= 2e-4 (1 + |g| + 1/scale) for the gradients (measured
+    1.5e-5; 1/scale, up to e^7, is the conditioning of the float32 inputs)."""
+    params, x = bin_sweep()
+    p64 = params.clone().requires_grad_()
+    want = dmol_loss_reference(p64, x, num_mixtures=1, reduction="none")
+    g_want, = torch.autograd.grad(want.sum(), p64)
+    p32 = params.float().requires_grad_()
+    got = dmol_loss(p32, x, num_mixtures=1, reduction="none", impl="ext")
+    g_got, = torch.autograd.grad(got.sum(), p32)
+    assert torch.isfinite(got).all() and torch.isfinite(g_got).all()
+    value_err = (got.double() - want).abs() / (1 + want.abs())
+    assert value_err.max() <= 4e-6, value_err.max()
+    inv_scale = torch.exp(-params[:, 2:3].clamp(min=-7))
+    grad_err = (g_got.double() - g_want).abs() / (1 + g_want.abs() + inv_scale)
+    assert grad_err.max() <= 2e-4, grad_err.max()
+
+
+@requires_ext
+def test_float32_nan_params_give_nan(dmol_isa):
+    """A NaN in one pixel's params makes that pixel's NLL and gradient NaN (the
+    polynomial log, the selects and the running maximum let it through) and leaves
+    the other pixels finite."""
+    params = random_params(8, 1, 3, 3, 3, 7, extreme=False).float()
+    x = random_images(8, 1, 3, 3, 7, 256)
+    for channel in (0, 4, 8, 10, 15, 28):  # logit, mean R, log-scale R, alpha, log-scale G, gamma
+        bad = params.clone()
+        bad[0, channel, 1, 2] = float("nan")
+        bad.requires_grad_()
+        nll = dmol_loss(bad, x, num_mixtures=3, reduction="none", impl="ext")
+        grad, = torch.autograd.grad(nll.sum(), bad)
+        isnan = torch.zeros(1, 3, 7, dtype=torch.bool)
+        isnan[0, 1, 2] = True
+        assert torch.equal(nll.isnan(), isnan), channel
+        assert grad[..., 1, 2].isnan().any() and torch.isfinite(grad[~isnan.unsqueeze(1).expand_as(grad)]).all()

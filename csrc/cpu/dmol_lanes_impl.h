@@ -119,7 +119,7 @@ struct Strip {
   int n;
   int64_t channels, mixtures, levels, hw;
   const float* params;  // image b's params + j0
-  vf level[3], position[3];
+  vf position[3];
   vi left[3], right[3];  // level 0 / level levels - 1: the open-ended bins
   vf lse;
   float log_half_levels;  // log((levels - 1) / 2)
@@ -129,14 +129,20 @@ struct Strip {
   GENFAST_INLINE void init(const float* image_params, const int64_t* image_x, int64_t j0) {
     params = image_params + j0;
     log_half_levels = float(std::log(double(levels - 1) / 2.0));
-    const float h = 1.0f / float(levels - 1);
     for (int64_t c = 0; c < channels; ++c) {
-      float lv[kWidth] = {};
-      for (int l = 0; l < n; ++l) lv[l] = float(image_x[c * hw + j0 + l]);
-      std::memcpy(&level[c], lv, sizeof(lv));
-      position[c] = level[c] * (2.0f * h) - 1.0f;
-      left[c] = level[c] == 0.0f;
-      right[c] = level[c] == float(levels - 1);
+      // Positions rounded once from float64 (level * 2h - 1 in float32 rounds twice,
+      // and 1/scale up to e^7 amplifies that error).
+      float pos[kWidth] = {};
+      int32_t at_left[kWidth] = {}, at_right[kWidth] = {};  // padding lanes: level 0's position, -1
+      for (int l = 0; l < kWidth; ++l) {
+        const int64_t v = l < n ? image_x[c * hw + j0 + l] : 0;
+        pos[l] = float(level_position(v, levels));
+        at_left[l] = v == 0 ? -1 : 0;
+        at_right[l] = v == levels - 1 ? -1 : 0;
+      }
+      std::memcpy(&position[c], pos, sizeof(pos));
+      std::memcpy(&left[c], at_left, sizeof(at_left));
+      std::memcpy(&right[c], at_right, sizeof(at_right));
     }
     vf top = row(0);
     for (int64_t k = 1; k < mixtures; ++k) {
