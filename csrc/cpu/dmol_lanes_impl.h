@@ -118,11 +118,12 @@ template <bool Full>
 struct Strip {
   int n;
   int64_t channels, mixtures, levels, hw;
-  const float* params;  // image b's params + j0
-  vf position[3];
-  vi left[3], right[3];  // level 0 / level levels - 1: the open-ended bins
-  vf lse;
-  float log_half_levels;  // log((levels - 1) / 2)
+  // Set by init:
+  const float* params = nullptr;  // image b's params + j0
+  vf position[3] = {};
+  vi left[3] = {}, right[3] = {};  // level 0 / level levels - 1: the open-ended bins
+  vf lse = {};
+  float log_half_levels = 0;  // log((levels - 1) / 2)
 
   GENFAST_INLINE vf row(int64_t channel) const { return load<Full>(params + channel * hw, n); }
 
