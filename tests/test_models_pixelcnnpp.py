@@ -181,6 +181,24 @@ def test_non_finite_parameters_are_an_error():
             model.sample(1, method=method)
 
 
+def test_cached_sampling_restores_the_callers_thread_count():
+    # The cached sampler runs its small per-pixel ops on one intra-op thread; the caller's
+    # setting must come back, also when sampling raises.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        model = make(1)
+        model.sample(1, generator=torch.Generator().manual_seed(0))
+        assert torch.get_num_threads() == 2
+        with torch.no_grad():
+            model.output_conv.bias[0] = float("nan")
+        with pytest.raises(RuntimeError, match="non-finite parameters"):
+            model.sample(1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def tiny_data(n=24, levels=16, size=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, levels, (n, 1, size, size), generator=gen)
