@@ -159,7 +159,9 @@ def test_teacher_forced_cached_params_equal_the_forward_float32(channels):
     model = make(channels, num_classes=3, size=16, nr_resnet=2, nr_filters=16, dtype=torch.float32)
     x = images(2, channels, 16)
     labels = torch.tensor([2, 0])
-    torch.testing.assert_close(model.cached_params(x, labels), model(x, labels), rtol=1e-4, atol=1e-4)
+    params = model.cached_params(x, labels)
+    assert not params.is_inference()  # the sampler's inference_mode stays inside it
+    torch.testing.assert_close(params, model(x, labels), rtol=1e-4, atol=1e-4)
     # float64: rounding only.
     torch.testing.assert_close(model.double().cached_params(x, labels), model(x, labels), rtol=1e-12, atol=1e-12)
 
