@@ -1,16 +1,23 @@
 """PixelCNN++ sampling, time per batch of images:
 
 - "naive" (the baseline): model.sample(method="naive"), the network rerun for every
-  pixel on the rows up to the next multiple of 4. A whole batch takes minutes on the
-  CPU, so it is timed on ONE pixel of the last row (all other pixels given as known)
-  and scaled by W * sum_i rows(i) / H (extra_info["scale"]; rows(i) = the rows the
-  naive sampler runs for row i): the cost of a pixel grows with those rows. Fixed
-  per-call costs make the real naive sampler slower than that estimate, so the
-  speed-ups are conservative. At batch 1 the full naive run is timed too
+  pixel on the rows up to the next multiple of 4. A whole batch takes many minutes on
+  the CPU, so the baseline times the naive sampler's work for ONE pixel of the last
+  row (its loop body: the network on all H rows, the pixel's parameters, the finiteness
+  check and the dmol_sample draw) and scales it by W * sum_i rows(i) / H
+  (extra_info["scale"]; rows(i) = the rows the naive sampler runs for row i): the cost
+  of a pixel grows with those rows. The naive sampler's per-pixel bookkeeping (known-
+  mask tests, writes) is left out, so the real naive sampler is slower than that
+  estimate and the speed-ups are conservative. (An earlier version timed
+  sample(method="naive") with every pixel but one known; that also timed 783 skipped
+  iterations of the loop, which a loaded machine made cost more than the network and
+  overstated the naive time 4x.) At batch 1 the full naive run is timed too
   ("naive, full run").
 - "cached (python)": sample(method="cached"), genfast.models.pixelcnnpp_cache's
   row- and pixel-incremental evaluation orchestrated from Python (torch ops per layer
-  and pixel; no step kernels yet).
+  and pixel, run on one intra-op thread whatever torch.get_num_threads() says; no
+  step kernels yet). The naive sampler runs with the process's thread count: run
+  with OMP_NUM_THREADS=1 for both on one thread.
 
 Model: the issue's small one, nr_resnet 2, nr_filters 64, 10 mixtures, 28x28 grey,
 256 levels, float32, dropout inactive (eval). extra_info["images_per_s"] is
@@ -42,19 +49,25 @@ def test_pixelcnnpp_sampling(benchmark, bench_device, quick, case, batch, impl):
     c, (h, w) = model.image_channels, model.image_size
     generator = torch.Generator(bench_device)
     if impl == "naive":
-        # Every pixel known but the last: the naive sampler computes that one alone.
-        prefix = torch.randint(0, model.levels, (batch, c, h, w), device=bench_device)
-        known = torch.ones_like(prefix, dtype=torch.bool)
-        known[:, :, -1, -1] = False
-        kwargs = dict(prefix=prefix, known_mask=known, method="naive")
+        # The naive sampler's loop body for pixel (H - 1, W - 1) (PixelCNNpp._sample_naive).
+        x = torch.randint(0, model.levels, (batch, c, h, w), device=bench_device)
+        u = torch.rand((batch, c + 1, 1, 1), dtype=torch.float64, device=bench_device)
+
+        def run():
+            with torch.no_grad():
+                params = model.params(model.input_features(x), None)[:, :, h - 1:h, w - 1:w]
+                if not torch.isfinite(params).all():
+                    raise RuntimeError("non-finite parameters")
+                x[:, :, h - 1, w - 1] = model._draw(params, u, 1.0, model.impl)[:, :, 0, 0]
+
         benchmark.extra_info["scale"] = naive_scale(h, w)
     else:
         kwargs = dict(method="naive" if impl == "naive, full run" else "cached")
 
-    def run():
-        model.sample(batch, generator=generator.manual_seed(0), **kwargs)
+        def run():
+            model.sample(batch, generator=generator.manual_seed(0), **kwargs)
 
-    label = "naive (1 pixel x W*sum(rows)/H, estimated)" if impl == "naive" else impl
+    label = "naive (1 pixel's network call x W*sum(rows)/H, estimated)" if impl == "naive" else impl
     group = (f"pixelcnn++ sample {c}x{h}x{w} r{model.nr_resnet} f{model.nr_filters} m{model.num_mixtures} "
              f"b{batch} fp32 {bench_device}")
     record(benchmark, group, label, baseline=impl == "naive")

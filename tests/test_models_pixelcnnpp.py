@@ -159,7 +159,9 @@ def test_teacher_forced_cached_params_equal_the_forward_float32(channels):
     model = make(channels, num_classes=3, size=16, nr_resnet=2, nr_filters=16, dtype=torch.float32)
     x = images(2, channels, 16)
     labels = torch.tensor([2, 0])
-    torch.testing.assert_close(model.cached_params(x, labels), model(x, labels), rtol=1e-4, atol=1e-4)
+    params = model.cached_params(x, labels)
+    assert not params.is_inference()  # the sampler's inference_mode stays inside it
+    torch.testing.assert_close(params, model(x, labels), rtol=1e-4, atol=1e-4)
     # float64: rounding only.
     torch.testing.assert_close(model.double().cached_params(x, labels), model(x, labels), rtol=1e-12, atol=1e-12)
 
@@ -179,6 +181,24 @@ def test_non_finite_parameters_are_an_error():
     for method in ("cached", "naive"):
         with pytest.raises(RuntimeError, match="non-finite parameters"):
             model.sample(1, method=method)
+
+
+def test_cached_sampling_restores_the_callers_thread_count():
+    # The cached sampler runs its small per-pixel ops on one intra-op thread; the caller's
+    # setting must come back, also when sampling raises.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        model = make(1)
+        model.sample(1, generator=torch.Generator().manual_seed(0))
+        assert torch.get_num_threads() == 2
+        with torch.no_grad():
+            model.output_conv.bias[0] = float("nan")
+        with pytest.raises(RuntimeError, match="non-finite parameters"):
+            model.sample(1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_data(n=24, levels=16, size=8, seed=0):

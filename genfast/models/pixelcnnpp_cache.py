@@ -31,6 +31,8 @@ full forward's up to float rounding; the draws use the same uniforms.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -75,7 +77,8 @@ def _phased(weight: torch.Tensor) -> list[torch.Tensor]:
     and r, slot 0 holds row r when r is even (kernel rows swapped) and row r - 1 when r
     is odd. Index by r % 2. Reading the ring in place this way spares a copy per read."""
     weight = weight.detach()
-    return [weight.flip(2).contiguous(), weight]
+    # Rows swapped by stacking: torch.flip is ~1 ms per weight on one CPU thread.
+    return [torch.stack([weight[:, :, 1], weight[:, :, 0]], dim=2), weight]
 
 
 def _phased_matrices(conv) -> list[torch.Tensor]:
@@ -126,6 +129,20 @@ class _Block:
         self.out.put(r, c, torch.addcmul(source.at(r, c), a, torch.sigmoid(b)))
 
 
+@contextlib.contextmanager
+def _intra_op_threads(count: int | None):
+    """torch's intra-op thread count set to count inside (None: unchanged), restored after."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, labels,
                   temperature: float, impl: str, keep_params: bool = False):
@@ -133,6 +150,18 @@ def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, 
     place, in raster order, drawing pixel (r, c) with dmol_sample(params, u[:, :, r, c])
     (u: (n, C + 1, H, W) float64). With keep_params, returns every pixel's parameters
     (n, P, H, W) (teacher forcing when every pixel is known)."""
+    params_out = None
+    if keep_params:  # allocated outside inference mode: the caller gets an ordinary tensor
+        n, _, height, width = x.shape
+        params_out = model.output_conv.weight.new_empty((n, model.output_conv.out_channels, height, width))
+    # inference_mode rather than no_grad: ~5% less per-op overhead (no version counters
+    # or view tracking on the caches); x and params_out are written in place.
+    with _intra_op_threads(1 if x.device.type == "cpu" else None), torch.inference_mode():
+        _sample_cached(model, x, known, u, labels, temperature, impl, params_out)
+    return params_out
+
+
+def _sample_cached(model, x, known, u, labels, temperature, impl, params_out):
     n, channels, height, width = x.shape
     like = model.output_conv.weight.detach()
     dtype = like.dtype
@@ -171,7 +200,6 @@ def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, 
     ul_up_w = [m.weight.detach() for m in model.ul_upsample]  # (in, out, 2, 2)
     w_head, b_head = _matrix(model.output_conv)
     scale = 2.0 / (model.levels - 1)
-    params_out = like.new_empty((n, w_head.shape[1], height, width)) if keep_params else None
     finite = torch.ones((), dtype=torch.bool, device=x.device)
 
     def skip_index(s, k):  # the up-pass map that down-pass block k of resolution s reads
@@ -246,7 +274,7 @@ def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, 
                 ul_down_pixel(1, r // 2, c // 2)
             ul_down_pixel(0, r, c)
             params = torch.addmm(b_head, F.elu(ul_dn_maps[0][-1].at(r, c)), w_head)
-            if keep_params:
+            if params_out is not None:
                 params_out[:, :, r, c] = params
             finite = finite & torch.isfinite(params).all()
             drawn = model._draw(params[:, :, None, None], u[:, :, r:r + 1, c:c + 1].contiguous(),
@@ -257,4 +285,3 @@ def sample_cached(model, x: torch.Tensor, known: torch.Tensor, u: torch.Tensor, 
             image.buf[:, channels, r % 2, c + 1] = 1.0
     if not bool(finite):
         raise RuntimeError("PixelCNNpp.sample: the network produced non-finite parameters")
-    return params_out
