@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from genfast import _backend
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+OP = register_op("code_statistics", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 
 
 SUM_PIECE_ROWS = 256  # kSumPieceRows in csrc/code_statistics.h
@@ -80,17 +81,12 @@ def code_statistics(x: torch.Tensor, indices: torch.Tensor, num_codes: int, *,
     "reference".
     """
     _check_args(x, indices, num_codes)
-    if not _backend.use_extension("code_statistics", impl, x, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, x):
         return code_statistics_reference(x, indices, num_codes)
     return torch.ops.genfast.code_statistics(x.detach(), indices.detach(), num_codes)
 
 
-def _register_fake() -> None:
-    @torch.library.register_fake("genfast::code_statistics")
-    def _(x, indices, num_codes):
-        return (indices.new_empty((num_codes,)),
-                x.new_empty((num_codes, x.shape[1]), dtype=sum_dtype(x.dtype)))
-
-
-if _backend.LIBRARY_LOADED:
-    _register_fake()
+@OP.register_fake()
+def _(x, indices, num_codes):
+    return (indices.new_empty((num_codes,)),
+            x.new_empty((num_codes, x.shape[1]), dtype=sum_dtype(x.dtype)))
