@@ -17,6 +17,9 @@ kernels and autograd formulas at module level, as extension-cpp does:
     @OP.register_autograd(setup_context=_setup)
     def _backward(ctx, grad_output): ...
 
+or, for an elementwise op (one tensor x; name_backward(grad_output, x, *arguments)
+returns grad_x), both at once: OP.register_elementwise_backward("name_backward").
+
 Both do nothing when genfast._C is not loaded (no schema to attach to; the wrappers
 then run their references) and refuse a torch op the entry does not list, so the
 registry stays the true list. tests/op_cases.py and tests/test_op_contract.py check
@@ -74,6 +77,25 @@ class OpEntry:
                 torch.library.register_autograd(qualname, backward, setup_context=setup_context)
             return backward
         return register
+
+    def register_elementwise_backward(self, backward_op: str) -> None:
+        """The fake kernel of backward_op and the op's autograd formula, for an op whose
+        first argument x is its only tensor and whose backward op takes (grad_output,
+        x, *the other arguments) and returns grad_x contiguous (the elementwise ops:
+        gated_activation, concat_elu). Saves x alone."""
+        def setup(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.arguments = inputs[1:]
+
+        @self.register_autograd(setup_context=setup)
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            grad_x = getattr(torch.ops.genfast, backward_op)(grad_output, x, *ctx.arguments)
+            return (grad_x,) + (None,) * len(ctx.arguments)
+
+        @self.register_fake(backward_op)
+        def _(grad_output, x, *arguments):
+            return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 _REGISTRY: dict[str, OpEntry] = {}

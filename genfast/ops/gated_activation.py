@@ -59,18 +59,4 @@ def _(x, groups):
     return x.new_empty((x.shape[0], x.shape[1] // 2, *x.shape[2:]))
 
 
-@OP.register_fake("gated_activation_backward")
-def _(grad_output, x, groups):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _setup(ctx, inputs, output):
-    x, groups = inputs
-    ctx.save_for_backward(x)
-    ctx.groups = groups
-
-
-@OP.register_autograd(setup_context=_setup)
-def _backward(ctx, grad_output):
-    (x,) = ctx.saved_tensors
-    return torch.ops.genfast.gated_activation_backward(grad_output, x, ctx.groups), None
+OP.register_elementwise_backward("gated_activation_backward")
