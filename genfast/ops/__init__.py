@@ -7,6 +7,7 @@ gradient_penalty_interpolate shares the files of gradient_penalty, dmol_sample t
 dmol_loss (genfast/ops/dmol.py, csrc/dmol.h, tests/test_dmol.py)."""
 from genfast.ops._draw import draw_from_logits
 from genfast.ops.code_statistics import code_statistics, code_statistics_reference
+from genfast.ops.concat_elu import concat_elu, concat_elu_reference
 from genfast.ops.dmol import (dmol_loss, dmol_loss_reference, dmol_num_params, dmol_sample,
                               dmol_sample_reference)
 from genfast.ops.gated_activation import gated_activation, gated_activation_reference
@@ -34,7 +35,7 @@ OPS = tuple(entry.name for entry in registered_ops())
 
 __all__ = ["OPS", "register_op", "registered_ops", "dmol_loss", "dmol_loss_reference", "dmol_num_params", "dmol_sample",
            "dmol_sample_reference", "GatedRowWeights", "WaveNetWeights", "code_statistics",
-           "code_statistics_reference",
+           "code_statistics_reference", "concat_elu", "concat_elu_reference",
            "gated_activation", "gated_activation_reference",
            "gated_pixelcnn_row", "gated_pixelcnn_row_reference",
            "draw_from_logits", "gradient_penalty", "gradient_penalty_interpolate",
