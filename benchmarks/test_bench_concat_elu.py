@@ -13,41 +13,20 @@ CASES = [(16, 64, 32), (16, 64, 16), (32, 32, 28)]  # (batch, channels, side)
 IMPLS = {"genfast": lambda x: concat_elu(x, 1, impl="ext"), "torch": lambda x: concat_elu_reference(x, 1)}
 
 
-def _input(case, device, requires_grad):
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}-c{c[1]}-{c[2]}x{c[2]}")
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+def test_concat_elu(benchmark, bench_device, quick, impl, case, passes):
+    if quick and case != CASES[0]:
+        pytest.skip("not in --quick")
     batch, channels, side = case
     x = torch.randn(batch, channels, side, side, generator=torch.Generator().manual_seed(0))
-    return x.to(device).requires_grad_(requires_grad)
-
-
-def _label(case, device):
-    return f"{case[0]}x{case[1]}x{case[2]}x{case[2]} fp32 {device}"
-
-
-@pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}-c{c[1]}-{c[2]}x{c[2]}")
-def test_concat_elu_forward(benchmark, bench_device, quick, impl, case):
-    if quick and case != CASES[0]:
-        pytest.skip("not in --quick")
-    x = _input(case, bench_device, False)
+    x = x.to(bench_device).requires_grad_(passes == "fwd+bwd")
     fn = IMPLS[impl]
     torch.testing.assert_close(fn(x), concat_elu_reference(x, 1), rtol=1e-6, atol=1e-7)
-    record(benchmark, f"concat_elu fwd {_label(case, bench_device)}", impl, baseline=impl == "torch")
-    rounds = 100 if bench_device == "cuda" else (20 if quick else 50)
-    benchmark.pedantic(synced(lambda: fn(x), bench_device), rounds=rounds, warmup_rounds=3)
-
-
-@pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}-c{c[1]}-{c[2]}x{c[2]}")
-def test_concat_elu_forward_backward(benchmark, bench_device, quick, impl, case):
-    if quick and case != CASES[0]:
-        pytest.skip("not in --quick")
-    x = _input(case, bench_device, True)
-    fn = IMPLS[impl]
     up = torch.randn_like(fn(x))
-
-    def step():
-        torch.autograd.grad(fn(x), x, up)
-
-    record(benchmark, f"concat_elu fwd+bwd {_label(case, bench_device)}", impl, baseline=impl == "torch")
-    rounds = 100 if bench_device == "cuda" else (10 if quick else 30)
+    step = (lambda: fn(x)) if passes == "fwd" else (lambda: torch.autograd.grad(fn(x), x, up))
+    record(benchmark, f"concat_elu {passes} {batch}x{channels}x{side}x{side} fp32 {bench_device}", impl,
+           baseline=impl == "torch")
+    rounds = 100 if bench_device == "cuda" else (20 if quick else (50 if passes == "fwd" else 30))
     benchmark.pedantic(synced(step, bench_device), rounds=rounds, warmup_rounds=3)
