@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from genfast.ops._checks import check_tensor
 from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
@@ -40,9 +41,8 @@ def sum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_args(x, indices, num_codes) -> None:
-    for name, t in (("x", x), ("indices", indices)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"code_statistics: {name} must be a tensor, got {type(t).__name__}")
+    check_tensor("code_statistics", "x", x)
+    check_tensor("code_statistics", "indices", indices)
     if x.dim() != 2:
         raise ValueError(f"code_statistics: x must be 2-D (N, D), got shape {tuple(x.shape)}")
     if not x.is_floating_point():

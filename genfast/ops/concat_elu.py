@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genfast.ops._checks import check_float_tensor
 from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
@@ -24,10 +25,7 @@ OP = register_op("concat_elu", module=__name__, kernel_dtypes=KERNEL_DTYPES,
 
 def _check(x, dim) -> None:
     op = "concat_elu"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    check_float_tensor(op, "x", x)
     if x.dim() < 1:
         raise ValueError(f"{op}: x must have at least 1 dimension, got shape {tuple(x.shape)}")
     if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from genfast.ops._checks import check_float_tensor
 from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
@@ -27,10 +28,7 @@ OP = register_op("gated_activation", module=__name__, kernel_dtypes=KERNEL_DTYPE
 
 def _check(x, groups) -> None:
     op = "gated_activation"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    check_float_tensor(op, "x", x)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
     if x.dim() < 2 or x.shape[1] % (2 * groups):

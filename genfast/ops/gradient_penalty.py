@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from genfast.ops._checks import check_float_tensor, check_tensor
 from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
@@ -48,10 +49,7 @@ def norm_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_batch(op: str, name: str, t) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
+    check_float_tensor(op, name, t)
     if t.dim() == 0:
         raise ValueError(f"{op}: {name} must have a batch dimension (N, ...), got a 0-D tensor")
     if t.numel() == 0:
@@ -123,8 +121,7 @@ def _check_interpolate_args(real, fake, eps) -> torch.Tensor:
     if real.shape != fake.shape:
         raise ValueError(f"{op}: real and fake must have the same shape, got {tuple(real.shape)} "
                          f"and {tuple(fake.shape)}")
-    if not isinstance(eps, torch.Tensor):
-        raise TypeError(f"{op}: eps must be a tensor, got {type(eps).__name__}")
+    check_tensor(op, "eps", eps)
     n = real.shape[0]
     if eps.numel() != n or (eps.dim() > 0 and eps.shape[0] != n) or any(s != 1 for s in eps.shape[1:]):
         raise ValueError(f"{op}: eps must hold one value per sample, shape ({n},) or ({n}, 1, ...), "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy
 import torch
 
+from genfast.ops._checks import check_tensor
 from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
@@ -45,8 +46,7 @@ def distance_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check_args(x, codebook, cosine) -> None:
     for name, t in (("x", x), ("codebook", codebook)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"nearest_code: {name} must be a tensor, got {type(t).__name__}")
+        check_tensor("nearest_code", name, t)
         if t.dim() != 2:
             shape = "N, D" if name == "x" else "K, D"
             raise ValueError(f"nearest_code: {name} must be 2-D ({shape}), got shape {tuple(t.shape)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genfast.ops._checks import check_float_tensor, check_tensor
 from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
@@ -38,11 +39,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check(logits, target, reduction) -> None:
     op = "softmax_cross_entropy"
-    for name, t in (("logits", logits), ("target", target)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{op}: logits must be floating point, got {logits.dtype}")
+    check_tensor(op, "logits", logits)
+    check_tensor(op, "target", target)
+    check_float_tensor(op, "logits", logits)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{op}: target must be an integer tensor, got {target.dtype}")
     if logits.dim() < 2:
