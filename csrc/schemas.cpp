@@ -70,4 +70,8 @@ TORCH_LIBRARY(genfast, m) {
   m.def("softmax_cross_entropy(Tensor logits, Tensor target) -> (Tensor, Tensor, Tensor)");
   m.def("softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, "
         "Tensor max, Tensor log_sum) -> Tensor");
+  // PixelCNN++'s concat_elu: elu(cat([x, -x], dim)) without the cat (layout in
+  // csrc/concat_elu.h); the backward reads only grad_output and x.
+  m.def("concat_elu(Tensor x, int dim) -> Tensor");
+  m.def("concat_elu_backward(Tensor grad_output, Tensor x, int dim) -> Tensor");
 }

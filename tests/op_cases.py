@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 import test_code_statistics
+import test_concat_elu
 import test_dmol
 import test_gated_activation
 import test_gated_pixelcnn_row
@@ -124,6 +125,11 @@ def softmax_cross_entropy(seed, device, dtype):
     reduction = ("mean", "sum", "none")[seed % 3]
     return Case(lambda impl: (ops.softmax_cross_entropy(logits, target, reduction, impl=impl),),
                 rtol=1e-11, atol=1e-13, grad_inputs=(logits,))
+
+
+def concat_elu(seed, device, dtype):
+    x, dim = test_concat_elu.random_input(seed, device, dtype)
+    return Case(lambda impl: (ops.concat_elu(x, dim, impl=impl),), rtol=1e-14, atol=1e-15, grad_inputs=(x,))
 
 
 # One input maker per registered op (test_op_contract checks that none is missing).

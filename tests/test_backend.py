@@ -74,3 +74,28 @@ def test_backend_info_and_cli():
         assert info["build"]["cuda_archs"]
     out = subprocess.run([sys.executable, "-m", "genfast", "info"], capture_output=True, text=True, check=True).stdout
     assert "masked_conv2d" in out and "compiled kernels: CPU" in out
+
+
+def test_without_the_compiled_library_every_op_imports_and_runs_its_reference():
+    """The registry entries' fake and autograd decorators do nothing when genfast._C is
+    not loaded (no schema to attach to), and the wrappers run their references."""
+    code = ("import sys; sys.modules['genfast._C'] = None  # import genfast._C fails\n"
+            "import warnings, torch\n"
+            "from genfast import _backend, ops\n"
+            "assert not _backend.LIBRARY_LOADED\n"
+            "x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    out = ops.concat_elu(x, 1)\n"
+            "assert 'genfast._C is not built' in str(caught[0].message)\n"
+            "assert torch.equal(out, ops.concat_elu_reference(x, 1))\n"
+            "out.sum().backward()\n"
+            "print(len(ops.OPS))\n")
+    assert int(_run(code)) == len(genfast.ops.OPS)
+
+
+def test_a_registry_entry_refuses_a_torch_op_it_does_not_list():
+    entry = next(e for e in genfast.ops.registered_ops() if e.name == "concat_elu")
+    for register in (entry.register_fake, lambda name: entry.register_autograd(setup_context=None, torch_op=name)):
+        with pytest.raises(ValueError, match="'concat_elu_grad' is not in its registry entry's torch_ops"):
+            register("concat_elu_grad")(lambda *args: None)

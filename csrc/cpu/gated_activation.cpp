@@ -1,20 +1,17 @@
 // gated_activation on the CPU: one pass over x, threads over the flat output. The
 // float loops use fast_math.h's exp/tanh and are compiled for AVX-512, AVX2 and the
 // baseline (target_clones picks one at load time), so they vectorise.
-#include <algorithm>
-
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "../gated_activation.h"
+#include "elementwise.h"
 #include "fast_math.h"
 
 namespace genfast {
 namespace {
-
-constexpr int64_t kGrain = 1 << 14;  // elements per task: enough to pay for a thread
 
 template <typename T>
 inline T sigmoid(T b) { return T(1) / (T(1) + fast_exp(-b)); }
@@ -29,7 +26,6 @@ __attribute__((always_inline)) inline void backward_run(const T* g, const T* a, 
   for (int64_t j = 0; j < n; ++j) gate_grads(g[j], fast_tanh(a[j]), sigmoid(b[j]), ga[j], gb[j]);
 }
 
-#define GENFAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 GENFAST_CLONES void forward_f32(const float* a, const float* b, float* y, int64_t n) {
   forward_run(a, b, y, n);
 }
@@ -43,18 +39,6 @@ inline auto forward_fn(double) { return &forward_run<double>; }
 inline auto backward_fn(float) { return &backward_f32; }
 inline auto backward_fn(double) { return &backward_run<double>; }
 
-// Calls fn(o, j0, j1) for the runs [j0, j1) of half-block o that cover the flat
-// output elements [begin, end).
-template <typename Fn>
-void for_runs(int64_t begin, int64_t end, int64_t half, const Fn& fn) {
-  while (begin < end) {
-    const int64_t o = begin / half, j0 = begin - o * half;
-    const int64_t j1 = std::min(half, j0 + (end - begin));
-    fn(o, j0, j1);
-    begin += j1 - j0;
-  }
-}
-
 at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
   const int64_t half = check_gated_activation(x_in, groups);
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
@@ -66,7 +50,7 @@ at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_activation_cpu", [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* res = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, out.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
       for_runs(begin, end, half, [&](int64_t o, int64_t j0, int64_t j1) {
         const scalar_t* a = in + o * 2 * half + j0;
         forward_fn(scalar_t())(a, a + half, res + o * half + j0, j1 - j0);
@@ -91,7 +75,7 @@ at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_in, const at::Te
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, grad.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, grad.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
       for_runs(begin, end, half, [&](int64_t o, int64_t j0, int64_t j1) {
         const int64_t off = o * 2 * half + j0;
         backward_fn(scalar_t())(g + o * half + j0, in + off, in + off + half, gx + off, gx + off + half,

@@ -8,23 +8,16 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
-
 #include "../gated_activation.h"
+#include "elementwise.cuh"
 
 namespace genfast {
 namespace {
 
-constexpr int kThreads = 256;
-
-unsigned blocks_for(int64_t n) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8)));
-}
-
 template <typename scalar_t, typename acc_t>
 __global__ void gate_kernel(const scalar_t* __restrict__ x, int64_t half, int64_t n,
                             scalar_t* __restrict__ out) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  GENFAST_GRID_STRIDE(i, n) {
     const int64_t o = i / half, a = i + o * half;  // a: o * 2 * half + (i - o * half)
     out[i] = static_cast<scalar_t>(gate_value(tanh(static_cast<acc_t>(x[a])),
                                               gate_sigmoid(static_cast<acc_t>(x[a + half]))));
@@ -34,7 +27,7 @@ __global__ void gate_kernel(const scalar_t* __restrict__ x, int64_t half, int64_
 template <typename scalar_t, typename acc_t>
 __global__ void gate_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                      int64_t half, int64_t n, scalar_t* __restrict__ grad_x) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  GENFAST_GRID_STRIDE(i, n) {
     const int64_t o = i / half, a = i + o * half;
     acc_t da, db;
     gate_grads(static_cast<acc_t>(grad[i]), tanh(static_cast<acc_t>(x[a])),
@@ -54,7 +47,8 @@ at::Tensor gated_activation_cuda(const at::Tensor& x_in, int64_t groups) {
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gated_activation_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    gate_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    gate_kernel<scalar_t, acc_t>
+        <<<elementwise_blocks(n), kElementwiseThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         x.const_data_ptr<scalar_t>(), half, n, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -73,7 +67,8 @@ at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_in, const at::T
   if (n == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gated_activation_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    gate_backward_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    gate_backward_kernel<scalar_t, acc_t>
+        <<<elementwise_blocks(n), kElementwiseThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), half, n,
         grad_x.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,11 +1,13 @@
-"""genfast ops. Each op `name` lives in genfast/ops/name.py with its reference twin
-`name_reference`, its fake kernels and autograd registration; its schema is in
-csrc/schemas.cpp, its kernels in csrc/cpu/name.cpp and csrc/cuda/name.cu, its tests
-in tests/test_name.py and its benchmark in benchmarks/test_bench_name.py.
+"""genfast ops. Each op `name` lives in genfast/ops/name.py with its registry entry
+(genfast.ops._registry), its reference twin `name_reference`, its fake kernels and
+autograd registration; its schema is in csrc/schemas.cpp, its kernels in
+csrc/cpu/name.cpp and csrc/cuda/name.cu, its tests in tests/test_name.py and its
+benchmark in benchmarks/test_bench_name.py.
 gradient_penalty_interpolate shares the files of gradient_penalty, dmol_sample those of
 dmol_loss (genfast/ops/dmol.py, csrc/dmol.h, tests/test_dmol.py)."""
 from genfast.ops._draw import draw_from_logits
 from genfast.ops.code_statistics import code_statistics, code_statistics_reference
+from genfast.ops.concat_elu import concat_elu, concat_elu_reference
 from genfast.ops.dmol import (dmol_loss, dmol_loss_reference, dmol_num_params, dmol_sample,
                               dmol_sample_reference)
 from genfast.ops.gated_activation import gated_activation, gated_activation_reference
@@ -26,32 +28,15 @@ from genfast.ops.wavenet_step import (WaveNetWeights, wavenet_step,
 
 from genfast.ops._registry import register_op, registered_ops
 
-# The public ops (each takes impl="auto" | "ext" | "reference") and the torch.ops.genfast
-# ops each wrapper calls (forward, then backward).
-register_op("masked_conv2d", module="genfast.ops.masked_conv2d",
-            torch_ops=("masked_conv2d", "masked_conv2d_grad_input", "masked_conv2d_grad_weight"))
-register_op("gradient_penalty", module="genfast.ops.gradient_penalty",
-            torch_ops=("gradient_penalty", "gradient_penalty_backward"))
-register_op("gradient_penalty_interpolate", module="genfast.ops.gradient_penalty",
-            torch_ops=("gradient_penalty_interpolate", "gradient_penalty_interpolate_backward"))
-register_op("nearest_code", module="genfast.ops.nearest_code")
-register_op("code_statistics", module="genfast.ops.code_statistics")
-register_op("wavenet_step", module="genfast.ops.wavenet_step")
-register_op("gated_pixelcnn_row", module="genfast.ops.gated_pixelcnn_row")
-register_op("pixelcnn_row", module="genfast.ops.pixelcnn_row")
-register_op("transformer_decode_step", module="genfast.ops.transformer_decode_step")
-register_op("dmol_loss", module="genfast.ops.dmol", torch_ops=("dmol_loss", "dmol_loss_backward"))
-register_op("dmol_sample", module="genfast.ops.dmol")
-register_op("gated_activation", module="genfast.ops.gated_activation",
-            torch_ops=("gated_activation", "gated_activation_backward"))
-register_op("softmax_cross_entropy", module="genfast.ops.softmax_cross_entropy",
-            torch_ops=("softmax_cross_entropy", "softmax_cross_entropy_backward"))
-
+# The public ops (each takes impl="auto" | "ext" | "reference"), in registration order:
+# each module registers its ops (register_op, with the torch.ops.genfast ops its wrapper
+# calls) when it is imported above.
 OPS = tuple(entry.name for entry in registered_ops())
 
 __all__ = ["OPS", "register_op", "registered_ops", "dmol_loss", "dmol_loss_reference", "dmol_num_params", "dmol_sample",
            "dmol_sample_reference", "GatedRowWeights", "WaveNetWeights", "code_statistics",
-           "code_statistics_reference", "gated_activation", "gated_activation_reference",
+           "code_statistics_reference", "concat_elu", "concat_elu_reference",
+           "gated_activation", "gated_activation_reference",
            "gated_pixelcnn_row", "gated_pixelcnn_row_reference",
            "draw_from_logits", "gradient_penalty", "gradient_penalty_interpolate",
            "gradient_penalty_interpolate_reference", "gradient_penalty_reference", "masked_conv2d",

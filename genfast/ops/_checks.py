@@ -1,5 +1,6 @@
-"""Argument checks shared by the Python wrappers of the sampling ops (wavenet_step,
-gated_pixelcnn_row, pixelcnn_row), which take many tensors at once."""
+"""Argument checks shared by the ops' Python wrappers: one tensor argument
+(check_tensor, check_float_tensor), and the many tensors at once of the sampling ops
+(wavenet_step, gated_pixelcnn_row, pixelcnn_row, transformer_decode_step)."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +8,19 @@ import torch
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def check_tensor(op: str, name: str, t) -> None:
+    """TypeError naming the argument unless t is a tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+
+
+def check_float_tensor(op: str, name: str, t) -> None:
+    """TypeError naming the argument unless t is a floating-point tensor."""
+    check_tensor(op, name, t)
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
 
 
 def check_tensors(op: str, fixed: dict[str, tuple[object, torch.dtype]], floats: dict[str, object],
@@ -17,8 +31,7 @@ def check_tensors(op: str, fixed: dict[str, tuple[object, torch.dtype]], floats:
     ValueError naming the argument."""
     named = {**{name: t for name, (t, _) in fixed.items()}, **floats}
     for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        check_tensor(op, name, t)
     like = floats[reference]
     if like.dtype not in float_dtypes:
         raise TypeError(f"{op}: {reference} must be {' or '.join(map(_name, float_dtypes))}, "

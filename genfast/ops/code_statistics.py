@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import torch
 
-from genfast import _backend
+from genfast.ops._checks import check_tensor
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+OP = register_op("code_statistics", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 
 
 SUM_PIECE_ROWS = 256  # kSumPieceRows in csrc/code_statistics.h
@@ -39,9 +41,8 @@ def sum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_args(x, indices, num_codes) -> None:
-    for name, t in (("x", x), ("indices", indices)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"code_statistics: {name} must be a tensor, got {type(t).__name__}")
+    check_tensor("code_statistics", "x", x)
+    check_tensor("code_statistics", "indices", indices)
     if x.dim() != 2:
         raise ValueError(f"code_statistics: x must be 2-D (N, D), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -80,17 +81,12 @@ def code_statistics(x: torch.Tensor, indices: torch.Tensor, num_codes: int, *,
     "reference".
     """
     _check_args(x, indices, num_codes)
-    if not _backend.use_extension("code_statistics", impl, x, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, x):
         return code_statistics_reference(x, indices, num_codes)
     return torch.ops.genfast.code_statistics(x.detach(), indices.detach(), num_codes)
 
 
-def _register_fake() -> None:
-    @torch.library.register_fake("genfast::code_statistics")
-    def _(x, indices, num_codes):
-        return (indices.new_empty((num_codes,)),
-                x.new_empty((num_codes, x.shape[1]), dtype=sum_dtype(x.dtype)))
-
-
-if _backend.LIBRARY_LOADED:
-    _register_fake()
+@OP.register_fake()
+def _(x, indices, num_codes):
+    return (indices.new_empty((num_codes,)),
+            x.new_empty((num_codes, x.shape[1]), dtype=sum_dtype(x.dtype)))

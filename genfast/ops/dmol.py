@@ -49,10 +49,13 @@ import math
 
 import torch
 
-from genfast import _backend
 from genfast.ops._draw import inverse_cdf
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
+LOSS_OP = register_op("dmol_loss", module=__name__, kernel_dtypes=KERNEL_DTYPES,
+                      torch_ops=("dmol_loss", "dmol_loss_backward"))
+SAMPLE_OP = register_op("dmol_sample", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 REDUCTIONS = ("mean", "sum", "none")
 MIN_LOG_SCALE = -7.0
 TINY_PROBABILITY = 1e-5
@@ -218,7 +221,7 @@ def dmol_loss(params: torch.Tensor, x: torch.Tensor, *, num_mixtures: int, level
     reduction: "mean" (over pixels), "sum" or "none" (B, H, W). Differentiable with
     respect to params. impl: "auto", "ext" or "reference"."""
     x = _check_loss_args(params, x, num_mixtures, levels, reduction)
-    if not _backend.use_extension("dmol_loss", impl, params, KERNEL_DTYPES):
+    if not LOSS_OP.use_kernel(impl, params):
         _check_levels(x, levels)
         return dmol_loss_reference(params, x, num_mixtures=num_mixtures, levels=levels, reduction=reduction)
     return _reduce(torch.ops.genfast.dmol_loss(params, x, num_mixtures, levels), reduction)
@@ -260,43 +263,39 @@ def dmol_sample(params: torch.Tensor, u: torch.Tensor, *, num_mixtures: int, lev
     C inferred from P, with the uniforms u (B, C + 1, H, W) float64 (layout and
     temperature: module docstring). impl: "auto", "ext" or "reference"."""
     _check_sample_args(params, u, num_mixtures, levels, temperature)
-    if not _backend.use_extension("dmol_sample", impl, params, KERNEL_DTYPES):
+    if not SAMPLE_OP.use_kernel(impl, params):
         _check_uniforms(u)
         return dmol_sample_reference(params, u, num_mixtures=num_mixtures, levels=levels,
                                      temperature=float(temperature))
     return torch.ops.genfast.dmol_sample(params, u, num_mixtures, levels, float(temperature))
 
 
-def _register_fake_and_autograd() -> None:
-    ops = torch.ops.genfast
-
-    @torch.library.register_fake("genfast::dmol_loss")
-    def _(params, x, num_mixtures, levels):
-        return params.new_empty((params.shape[0], params.shape[2], params.shape[3]))
-
-    @torch.library.register_fake("genfast::dmol_loss_backward")
-    def _(grad_nll, params, x, nll, num_mixtures, levels):
-        return params.new_empty(params.shape)
-
-    @torch.library.register_fake("genfast::dmol_sample")
-    def _(params, u, num_mixtures, levels, temperature):
-        return params.new_empty((params.shape[0], u.shape[1] - 1, params.shape[2], params.shape[3]),
-                                dtype=torch.long)
-
-    def loss_setup(ctx, inputs, output):
-        params, x, num_mixtures, levels = inputs
-        ctx.save_for_backward(params, x, output)
-        ctx.config = (num_mixtures, levels)
-
-    def loss_backward(ctx, grad_nll):
-        params, x, nll = ctx.saved_tensors
-        grad = None
-        if ctx.needs_input_grad[0]:
-            grad = ops.dmol_loss_backward(grad_nll, params, x, nll, *ctx.config)
-        return grad, None, None, None
-
-    torch.library.register_autograd("genfast::dmol_loss", loss_backward, setup_context=loss_setup)
+@LOSS_OP.register_fake()
+def _(params, x, num_mixtures, levels):
+    return params.new_empty((params.shape[0], params.shape[2], params.shape[3]))
 
 
-if _backend.LIBRARY_LOADED:
-    _register_fake_and_autograd()
+@LOSS_OP.register_fake("dmol_loss_backward")
+def _(grad_nll, params, x, nll, num_mixtures, levels):
+    return params.new_empty(params.shape)
+
+
+@SAMPLE_OP.register_fake()
+def _(params, u, num_mixtures, levels, temperature):
+    return params.new_empty((params.shape[0], u.shape[1] - 1, params.shape[2], params.shape[3]),
+                            dtype=torch.long)
+
+
+def _loss_setup(ctx, inputs, output):
+    params, x, num_mixtures, levels = inputs
+    ctx.save_for_backward(params, x, output)
+    ctx.config = (num_mixtures, levels)
+
+
+@LOSS_OP.register_autograd(setup_context=_loss_setup)
+def _loss_backward(ctx, grad_nll):
+    params, x, nll = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = torch.ops.genfast.dmol_loss_backward(grad_nll, params, x, nll, *ctx.config)
+    return grad, None, None, None

@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import torch
 
-from genfast import _backend
+from genfast.ops._checks import check_float_tensor
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+OP = register_op("gated_activation", module=__name__, kernel_dtypes=KERNEL_DTYPES,
+                 torch_ops=("gated_activation", "gated_activation_backward"))
 
 
 def _check(x, groups) -> None:
     op = "gated_activation"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    check_float_tensor(op, "x", x)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
     if x.dim() < 2 or x.shape[1] % (2 * groups):
@@ -47,31 +47,14 @@ def gated_activation(x: torch.Tensor, groups: int = 1, *, impl: str = "auto") ->
     """tanh(a) * sigmoid(b) per channel block of x (N, 2 * C, ...) -> (N, C, ...).
     Differentiable once. impl: "auto", "ext" or "reference"."""
     _check(x, groups)
-    if not _backend.use_extension("gated_activation", impl, x, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, x):
         return gated_activation_reference(x, groups)
     return torch.ops.genfast.gated_activation(x, groups)
 
 
-def _register_fake_and_autograd() -> None:
-    @torch.library.register_fake("genfast::gated_activation")
-    def _(x, groups):
-        return x.new_empty((x.shape[0], x.shape[1] // 2, *x.shape[2:]))
-
-    @torch.library.register_fake("genfast::gated_activation_backward")
-    def _(grad_output, x, groups):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-    def setup(ctx, inputs, output):
-        x, groups = inputs
-        ctx.save_for_backward(x)
-        ctx.groups = groups
-
-    def backward(ctx, grad_output):
-        (x,) = ctx.saved_tensors
-        return torch.ops.genfast.gated_activation_backward(grad_output, x, ctx.groups), None
-
-    torch.library.register_autograd("genfast::gated_activation", backward, setup_context=setup)
+@OP.register_fake()
+def _(x, groups):
+    return x.new_empty((x.shape[0], x.shape[1] // 2, *x.shape[2:]))
 
 
-if _backend.LIBRARY_LOADED:
-    _register_fake_and_autograd()
+OP.register_elementwise_backward("gated_activation_backward")

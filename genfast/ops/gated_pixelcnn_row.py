@@ -34,14 +34,15 @@ from typing import NamedTuple
 
 import torch
 
-from genfast import _backend
 from genfast.ops._checks import check_tensors
 from genfast.ops._draw import draw_from_logits
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64),
 }
+OP = register_op("gated_pixelcnn_row", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 
 
 class GatedRowWeights(NamedTuple):
@@ -170,7 +171,7 @@ def gated_pixelcnn_row(prefix: torch.Tensor, known: torch.Tensor, uniforms: torc
     a GPU); a sampler that checked its images once passes False, and an unchecked
     out-of-range known value then reads as -1 (a failed sub-pixel)."""
     check_gated_pixelcnn_row(prefix, known, uniforms, temperature, row_bias, weights)
-    if not _backend.use_extension("gated_pixelcnn_row", impl, row_bias, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, row_bias):
         if check_levels and not torch.compiler.is_compiling():
             check_known_levels(prefix, known, weights.feature_table.shape[0])
         return gated_pixelcnn_row_reference(prefix, known, uniforms, temperature, row_bias, weights)
@@ -178,13 +179,8 @@ def gated_pixelcnn_row(prefix: torch.Tensor, known: torch.Tensor, uniforms: torc
                                                 list(weights), bool(check_levels))
 
 
-def _register_fake() -> None:
-    @torch.library.register_fake("genfast::gated_pixelcnn_row")
-    def _(prefix, known, uniforms, temperature, row_bias, weights, check_levels=True):  # noqa: ARG001
-        w = GatedRowWeights(*weights)
-        n, c, width = prefix.shape
-        return prefix.new_empty(prefix.shape), row_bias.new_empty((n, c, width, w.feature_table.shape[0]))
-
-
-if _backend.LIBRARY_LOADED:
-    _register_fake()
+@OP.register_fake()
+def _(prefix, known, uniforms, temperature, row_bias, weights, check_levels=True):  # noqa: ARG001
+    w = GatedRowWeights(*weights)
+    n, c, width = prefix.shape
+    return prefix.new_empty(prefix.shape), row_bias.new_empty((n, c, width, w.feature_table.shape[0]))

@@ -30,12 +30,17 @@ import math
 
 import torch
 
-from genfast import _backend
+from genfast.ops._checks import check_float_tensor, check_tensor
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+PENALTY_OP = register_op("gradient_penalty", module=__name__, kernel_dtypes=KERNEL_DTYPES,
+                         torch_ops=("gradient_penalty", "gradient_penalty_backward"))
+INTERPOLATE_OP = register_op("gradient_penalty_interpolate", module=__name__, kernel_dtypes=KERNEL_DTYPES,
+                             torch_ops=("gradient_penalty_interpolate", "gradient_penalty_interpolate_backward"))
 
 
 def norm_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -44,10 +49,7 @@ def norm_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_batch(op: str, name: str, t) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
+    check_float_tensor(op, name, t)
     if t.dim() == 0:
         raise ValueError(f"{op}: {name} must have a batch dimension (N, ...), got a 0-D tensor")
     if t.numel() == 0:
@@ -104,7 +106,7 @@ def gradient_penalty(grad: torch.Tensor, *, weight: float = 10.0, center: float 
     Differentiable twice with respect to grad. impl: "auto", "ext" or "reference".
     """
     _check_penalty_args(grad, weight, center, one_sided)
-    if not _backend.use_extension("gradient_penalty", impl, grad, KERNEL_DTYPES):
+    if not PENALTY_OP.use_kernel(impl, grad):
         return gradient_penalty_reference(grad, weight=weight, center=center, one_sided=one_sided,
                                           return_norms=return_norms)
     penalty, norms = torch.ops.genfast.gradient_penalty(grad, float(weight), float(center), one_sided)
@@ -119,8 +121,7 @@ def _check_interpolate_args(real, fake, eps) -> torch.Tensor:
     if real.shape != fake.shape:
         raise ValueError(f"{op}: real and fake must have the same shape, got {tuple(real.shape)} "
                          f"and {tuple(fake.shape)}")
-    if not isinstance(eps, torch.Tensor):
-        raise TypeError(f"{op}: eps must be a tensor, got {type(eps).__name__}")
+    check_tensor(op, "eps", eps)
     n = real.shape[0]
     if eps.numel() != n or (eps.dim() > 0 and eps.shape[0] != n) or any(s != 1 for s in eps.shape[1:]):
         raise ValueError(f"{op}: eps must hold one value per sample, shape ({n},) or ({n}, 1, ...), "
@@ -151,118 +152,115 @@ def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, eps: to
     (N, ...) of the same shape, eps (N,) or (N, 1, ..., 1). Differentiable (twice)
     with respect to all three. impl: "auto", "ext" or "reference"."""
     eps = _check_interpolate_args(real, fake, eps)
-    if not _backend.use_extension("gradient_penalty_interpolate", impl, real, KERNEL_DTYPES):
+    if not INTERPOLATE_OP.use_kernel(impl, real):
         return gradient_penalty_interpolate_reference(real, fake, eps)
     return torch.ops.genfast.gradient_penalty_interpolate(real, fake, eps)
 
 
-def _register_fake_and_autograd() -> None:
-    ops = torch.ops.genfast
-
-    @torch.library.register_fake("genfast::gradient_penalty")
-    def _(grad, weight, center, one_sided):
-        return grad.new_empty(()), grad.new_empty((grad.shape[0],), dtype=norm_dtype(grad.dtype))
-
-    @torch.library.register_fake("genfast::gradient_penalty_backward")
-    def _(grad_penalty, grad_norms, grad, norms, weight, center, one_sided):
-        return grad.new_empty(grad.shape)
-
-    @torch.library.register_fake("genfast::gradient_penalty_interpolate")
-    def _(real, fake, eps):
-        return real.new_empty(real.shape)
-
-    @torch.library.register_fake("genfast::gradient_penalty_interpolate_backward")
-    def _(grad_output, real, fake, eps):
-        return real.new_empty(real.shape), real.new_empty(real.shape), eps.new_empty(eps.shape)
-
-    # gradient_penalty: (penalty, norms) = f(grad).
-    def penalty_setup(ctx, inputs, output):
-        grad, weight, center, one_sided = inputs
-        ctx.save_for_backward(grad, output[1])
-        ctx.config = (weight, center, one_sided)
-
-    def penalty_backward(ctx, grad_penalty, grad_norms):
-        grad, norms = ctx.saved_tensors
-        if grad_penalty is None:
-            grad_penalty = grad.new_zeros(())
-        grad_grad = ops.gradient_penalty_backward(grad_penalty, grad_norms, grad, norms, *ctx.config)
-        return grad_grad, None, None, None
-
-    torch.library.register_autograd("genfast::gradient_penalty", penalty_backward,
-                                    setup_context=penalty_setup)
-
-    # gradient_penalty_backward: out_i = (a * k(n_i) + b_i * h(n_i)) * grad_i with
-    # a = grad_penalty * weight / N, b = grad_norms, h(n) = 1/n (0 at 0). Partial
-    # derivatives, norms held fixed (autograd adds the path through the norms).
-    def penalty_backward_setup(ctx, inputs, output):
-        grad_penalty, grad_norms, grad, norms, weight, center, one_sided = inputs
-        ctx.save_for_backward(grad_penalty, grad_norms, grad, norms)
-        ctx.config = (weight, center, one_sided)
-
-    def penalty_backward_backward(ctx, upstream):
-        grad_penalty, grad_norms, grad, norms = ctx.saved_tensors
-        weight, center, one_sided = ctx.config
-        batch = grad.shape[0]
-        flat_upstream = upstream.reshape(batch, -1).to(norms.dtype)
-        dots = (grad.reshape(batch, -1).to(norms.dtype) * flat_upstream).sum(1)
-        k, k_slope = _gradient_scale(norms, center, one_sided)
-        positive = norms > 0
-        safe = torch.where(positive, norms, torch.ones_like(norms))
-        h = torch.where(positive, 1 / safe, torch.zeros_like(norms))
-        a = grad_penalty.reshape(()).to(norms.dtype) * (weight / batch)
-        b = grad_norms if grad_norms is not None else torch.zeros_like(norms)
-        d_penalty = d_norms_upstream = d_grad = d_norms = None
-        if ctx.needs_input_grad[0]:
-            d_penalty = ((weight / batch) * (k * dots).sum()).to(grad_penalty.dtype).reshape(grad_penalty.shape)
-        if ctx.needs_input_grad[1]:
-            d_norms_upstream = h * dots
-        if ctx.needs_input_grad[2]:
-            scale = a * k + b * h
-            d_grad = (scale[:, None] * flat_upstream).to(grad.dtype).reshape(grad.shape)
-        if ctx.needs_input_grad[3]:
-            h_slope = torch.where(positive, -1 / safe.square(), torch.zeros_like(norms))
-            d_norms = (a * k_slope + b * h_slope) * dots
-        return d_penalty, d_norms_upstream, d_grad, d_norms, None, None, None
-
-    torch.library.register_autograd("genfast::gradient_penalty_backward", penalty_backward_backward,
-                                    setup_context=penalty_backward_setup)
-
-    def interpolate_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def interpolate_backward(ctx, grad_output):
-        real, fake, eps = ctx.saved_tensors
-        grads = ops.gradient_penalty_interpolate_backward(grad_output, real, fake, eps)
-        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
-
-    torch.library.register_autograd("genfast::gradient_penalty_interpolate", interpolate_backward,
-                                    setup_context=interpolate_setup)
-
-    # gradient_penalty_interpolate_backward: (eps * g, (1 - eps) * g, sum g * (real - fake)).
-    def interpolate_backward_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def interpolate_backward_backward(ctx, up_real, up_fake, up_eps):
-        grad, real, fake, eps = ctx.saved_tensors
-        zeros = torch.zeros_like(grad)
-        up_real = zeros if up_real is None else up_real
-        up_fake = zeros if up_fake is None else up_fake
-        up_eps = _per_sample(torch.zeros_like(eps) if up_eps is None else up_eps, grad)
-        e = _per_sample(eps, grad)
-        d_grad = d_real = d_fake = d_eps = None
-        if ctx.needs_input_grad[0]:
-            d_grad = e * up_real + (1 - e) * up_fake + up_eps * (real - fake)
-        if ctx.needs_input_grad[1]:
-            d_real = up_eps * grad
-        if ctx.needs_input_grad[2]:
-            d_fake = -up_eps * grad
-        if ctx.needs_input_grad[3]:
-            d_eps = (grad * (up_real - up_fake)).reshape(grad.shape[0], -1).sum(1)
-        return d_grad, d_real, d_fake, d_eps
-
-    torch.library.register_autograd("genfast::gradient_penalty_interpolate_backward",
-                                    interpolate_backward_backward, setup_context=interpolate_backward_setup)
+@PENALTY_OP.register_fake()
+def _(grad, weight, center, one_sided):
+    return grad.new_empty(()), grad.new_empty((grad.shape[0],), dtype=norm_dtype(grad.dtype))
 
 
-if _backend.LIBRARY_LOADED:
-    _register_fake_and_autograd()
+@PENALTY_OP.register_fake("gradient_penalty_backward")
+def _(grad_penalty, grad_norms, grad, norms, weight, center, one_sided):
+    return grad.new_empty(grad.shape)
+
+
+@INTERPOLATE_OP.register_fake()
+def _(real, fake, eps):
+    return real.new_empty(real.shape)
+
+
+@INTERPOLATE_OP.register_fake("gradient_penalty_interpolate_backward")
+def _(grad_output, real, fake, eps):
+    return real.new_empty(real.shape), real.new_empty(real.shape), eps.new_empty(eps.shape)
+
+
+# gradient_penalty: (penalty, norms) = f(grad).
+def _penalty_setup(ctx, inputs, output):
+    grad, weight, center, one_sided = inputs
+    ctx.save_for_backward(grad, output[1])
+    ctx.config = (weight, center, one_sided)
+
+
+@PENALTY_OP.register_autograd(setup_context=_penalty_setup)
+def _penalty_backward(ctx, grad_penalty, grad_norms):
+    grad, norms = ctx.saved_tensors
+    if grad_penalty is None:
+        grad_penalty = grad.new_zeros(())
+    grad_grad = torch.ops.genfast.gradient_penalty_backward(grad_penalty, grad_norms, grad, norms, *ctx.config)
+    return grad_grad, None, None, None
+
+
+# gradient_penalty_backward: out_i = (a * k(n_i) + b_i * h(n_i)) * grad_i with
+# a = grad_penalty * weight / N, b = grad_norms, h(n) = 1/n (0 at 0). Partial
+# derivatives, norms held fixed (autograd adds the path through the norms).
+def _penalty_backward_setup(ctx, inputs, output):
+    grad_penalty, grad_norms, grad, norms, weight, center, one_sided = inputs
+    ctx.save_for_backward(grad_penalty, grad_norms, grad, norms)
+    ctx.config = (weight, center, one_sided)
+
+
+@PENALTY_OP.register_autograd(setup_context=_penalty_backward_setup, torch_op="gradient_penalty_backward")
+def _penalty_backward_backward(ctx, upstream):
+    grad_penalty, grad_norms, grad, norms = ctx.saved_tensors
+    weight, center, one_sided = ctx.config
+    batch = grad.shape[0]
+    flat_upstream = upstream.reshape(batch, -1).to(norms.dtype)
+    dots = (grad.reshape(batch, -1).to(norms.dtype) * flat_upstream).sum(1)
+    k, k_slope = _gradient_scale(norms, center, one_sided)
+    positive = norms > 0
+    safe = torch.where(positive, norms, torch.ones_like(norms))
+    h = torch.where(positive, 1 / safe, torch.zeros_like(norms))
+    a = grad_penalty.reshape(()).to(norms.dtype) * (weight / batch)
+    b = grad_norms if grad_norms is not None else torch.zeros_like(norms)
+    d_penalty = d_norms_upstream = d_grad = d_norms = None
+    if ctx.needs_input_grad[0]:
+        d_penalty = ((weight / batch) * (k * dots).sum()).to(grad_penalty.dtype).reshape(grad_penalty.shape)
+    if ctx.needs_input_grad[1]:
+        d_norms_upstream = h * dots
+    if ctx.needs_input_grad[2]:
+        scale = a * k + b * h
+        d_grad = (scale[:, None] * flat_upstream).to(grad.dtype).reshape(grad.shape)
+    if ctx.needs_input_grad[3]:
+        h_slope = torch.where(positive, -1 / safe.square(), torch.zeros_like(norms))
+        d_norms = (a * k_slope + b * h_slope) * dots
+    return d_penalty, d_norms_upstream, d_grad, d_norms, None, None, None
+
+
+def _interpolate_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+@INTERPOLATE_OP.register_autograd(setup_context=_interpolate_setup)
+def _interpolate_backward(ctx, grad_output):
+    real, fake, eps = ctx.saved_tensors
+    grads = torch.ops.genfast.gradient_penalty_interpolate_backward(grad_output, real, fake, eps)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+# gradient_penalty_interpolate_backward: (eps * g, (1 - eps) * g, sum g * (real - fake)).
+def _interpolate_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+@INTERPOLATE_OP.register_autograd(setup_context=_interpolate_backward_setup,
+                                  torch_op="gradient_penalty_interpolate_backward")
+def _interpolate_backward_backward(ctx, up_real, up_fake, up_eps):
+    grad, real, fake, eps = ctx.saved_tensors
+    zeros = torch.zeros_like(grad)
+    up_real = zeros if up_real is None else up_real
+    up_fake = zeros if up_fake is None else up_fake
+    up_eps = _per_sample(torch.zeros_like(eps) if up_eps is None else up_eps, grad)
+    e = _per_sample(eps, grad)
+    d_grad = d_real = d_fake = d_eps = None
+    if ctx.needs_input_grad[0]:
+        d_grad = e * up_real + (1 - e) * up_fake + up_eps * (real - fake)
+    if ctx.needs_input_grad[1]:
+        d_real = up_eps * grad
+    if ctx.needs_input_grad[2]:
+        d_fake = -up_eps * grad
+    if ctx.needs_input_grad[3]:
+        d_eps = (grad * (up_real - up_fake)).reshape(grad.shape[0], -1).sum(1)
+    return d_grad, d_real, d_fake, d_eps

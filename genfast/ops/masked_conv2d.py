@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from genfast import _backend
 from genfast.ops import _autotune
+from genfast.ops._registry import register_op
 
 MASK_TYPES = ("A", "B")
 MAX_KERNEL_SIZE = 11
@@ -25,6 +26,8 @@ KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+OP = register_op("masked_conv2d", module=__name__, kernel_dtypes=KERNEL_DTYPES,
+                 torch_ops=("masked_conv2d", "masked_conv2d_grad_input", "masked_conv2d_grad_weight"))
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -499,7 +502,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         impl = "ext"  # asked for by name: the kernel must be there
     # Only the PyTorch algorithms asked for: whether the kernel is there does not matter.
     ext_ok = (any(a in ("auto", "live_tap") for a in requested)
-              and _backend.use_extension("masked_conv2d", impl, input, KERNEL_DTYPES))
+              and OP.use_kernel(impl, input))
     needs_grad = torch.is_grad_enabled() and (
         input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     phases = ["forward"]
@@ -520,43 +523,40 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                                        algorithms)
 
 
-def _register_fake_and_autograd() -> None:
-    @torch.library.register_fake("genfast::masked_conv2d")
-    def _(input, weight, bias, dilation, mask_type, color_groups):
-        return input.new_empty((input.shape[0], weight.shape[0], input.shape[2], input.shape[3]))
-
-    @torch.library.register_fake("genfast::masked_conv2d_grad_input")
-    def _(grad_output, weight, dilation, mask_type, color_groups):
-        shape = (grad_output.shape[0], weight.shape[1], grad_output.shape[2], grad_output.shape[3])
-        return grad_output.new_empty(shape)
-
-    @torch.library.register_fake("genfast::masked_conv2d_grad_weight")
-    def _(grad_output, input, kernel_size, dilation, mask_type, color_groups):
-        return input.new_empty((grad_output.shape[1], input.shape[1], *kernel_size))
-
-    def setup_context(ctx, inputs, output):
-        input, weight, bias, dilation, mask_type, color_groups = inputs
-        ctx.save_for_backward(input, weight)
-        ctx.has_bias = bias is not None
-        ctx.config = (dilation, mask_type, color_groups)
-
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        dilation, mask_type, color_groups = ctx.config
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_input = torch.ops.genfast.masked_conv2d_grad_input(
-                grad_output, weight, dilation, mask_type, color_groups)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.genfast.masked_conv2d_grad_weight(
-                grad_output, input, list(weight.shape[2:]), dilation, mask_type, color_groups)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum((0, 2, 3))
-        return grad_input, grad_weight, grad_bias, None, None, None
-
-    torch.library.register_autograd("genfast::masked_conv2d", backward,
-                                    setup_context=setup_context)
+@OP.register_fake()
+def _(input, weight, bias, dilation, mask_type, color_groups):
+    return input.new_empty((input.shape[0], weight.shape[0], input.shape[2], input.shape[3]))
 
 
-if _backend.LIBRARY_LOADED:
-    _register_fake_and_autograd()
+@OP.register_fake("masked_conv2d_grad_input")
+def _(grad_output, weight, dilation, mask_type, color_groups):
+    shape = (grad_output.shape[0], weight.shape[1], grad_output.shape[2], grad_output.shape[3])
+    return grad_output.new_empty(shape)
+
+
+@OP.register_fake("masked_conv2d_grad_weight")
+def _(grad_output, input, kernel_size, dilation, mask_type, color_groups):
+    return input.new_empty((grad_output.shape[1], input.shape[1], *kernel_size))
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, dilation, mask_type, color_groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+    ctx.config = (dilation, mask_type, color_groups)
+
+
+@OP.register_autograd(setup_context=_setup_context)
+def _backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    dilation, mask_type, color_groups = ctx.config
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.genfast.masked_conv2d_grad_input(
+            grad_output, weight, dilation, mask_type, color_groups)
+    if ctx.needs_input_grad[1]:
+        grad_weight = torch.ops.genfast.masked_conv2d_grad_weight(
+            grad_output, input, list(weight.shape[2:]), dilation, mask_type, color_groups)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad_output.sum((0, 2, 3))
+    return grad_input, grad_weight, grad_bias, None, None, None

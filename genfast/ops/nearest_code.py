@@ -27,12 +27,14 @@ from __future__ import annotations
 import numpy
 import torch
 
-from genfast import _backend
+from genfast.ops._checks import check_tensor
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     "cuda": (torch.float32, torch.float16, torch.bfloat16),
 }
+OP = register_op("nearest_code", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 # Rows of the N x K float64 matrix the reference builds at a time.
 _REFERENCE_CHUNK_ELEMENTS = 1 << 22
 
@@ -44,8 +46,7 @@ def distance_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check_args(x, codebook, cosine) -> None:
     for name, t in (("x", x), ("codebook", codebook)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"nearest_code: {name} must be a tensor, got {type(t).__name__}")
+        check_tensor("nearest_code", name, t)
         if t.dim() != 2:
             shape = "N, D" if name == "x" else "K, D"
             raise ValueError(f"nearest_code: {name} must be 2-D ({shape}), got shape {tuple(t.shape)}")
@@ -134,17 +135,12 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, *, cosine: bool = Fals
     (compiled kernel when available, else the reference), "ext" or "reference".
     """
     _check_args(x, codebook, cosine)
-    if not _backend.use_extension("nearest_code", impl, x, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, x):
         return nearest_code_reference(x, codebook, cosine=cosine)
     return torch.ops.genfast.nearest_code(x.detach(), codebook.detach(), cosine)
 
 
-def _register_fake() -> None:
-    @torch.library.register_fake("genfast::nearest_code")
-    def _(x, codebook, cosine):
-        n = x.shape[0]
-        return x.new_empty((n,), dtype=torch.long), x.new_empty((n,), dtype=distance_dtype(x.dtype))
-
-
-if _backend.LIBRARY_LOADED:
-    _register_fake()
+@OP.register_fake()
+def _(x, codebook, cosine):
+    n = x.shape[0]
+    return x.new_empty((n,), dtype=torch.long), x.new_empty((n,), dtype=distance_dtype(x.dtype))

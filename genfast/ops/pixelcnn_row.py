@@ -43,14 +43,15 @@ from typing import NamedTuple
 
 import torch
 
-from genfast import _backend
 from genfast.ops._checks import check_tensors
 from genfast.ops._draw import draw_from_logits
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64),
 }
+OP = register_op("pixelcnn_row", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 
 
 class PixelCNNRowWeights(NamedTuple):
@@ -191,7 +192,7 @@ def pixelcnn_row(values: torch.Tensor, known: torch.Tensor, uniforms: torch.Tens
     known value then reads as -1.
     """
     check_pixelcnn_row(values, known, uniforms, temperature, input_bias, block_bias, weights)
-    if not _backend.use_extension("pixelcnn_row", impl, weights.input_weight, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, weights.input_weight):
         if check_levels and not torch.compiler.is_compiling():
             check_known_levels(values, known, weights.feature_table.shape[0])
         return pixelcnn_row_reference(values, known, uniforms, temperature, input_bias, block_bias, weights)
@@ -199,16 +200,11 @@ def pixelcnn_row(values: torch.Tensor, known: torch.Tensor, uniforms: torch.Tens
                                           block_bias, list(weights), bool(check_levels))
 
 
-def _register_fake() -> None:
-    @torch.library.register_fake("genfast::pixelcnn_row")
-    def _(values, known, uniforms, temperature, input_bias, block_bias, weights, check_levels=True):
-        w = PixelCNNRowWeights(*weights)
-        n, channels, width = values.shape
-        blocks, _, hidden = w.reduce_weight.shape
-        return (values.new_empty((n, channels, width)),
-                w.input_weight.new_empty((n, channels, width, w.feature_table.shape[0])),
-                w.input_weight.new_empty((blocks, n, width, hidden)))
-
-
-if _backend.LIBRARY_LOADED:
-    _register_fake()
+@OP.register_fake()
+def _(values, known, uniforms, temperature, input_bias, block_bias, weights, check_levels=True):
+    w = PixelCNNRowWeights(*weights)
+    n, channels, width = values.shape
+    blocks, _, hidden = w.reduce_weight.shape
+    return (values.new_empty((n, channels, width)),
+            w.input_weight.new_empty((n, channels, width, w.feature_table.shape[0])),
+            w.input_weight.new_empty((blocks, n, width, hidden)))

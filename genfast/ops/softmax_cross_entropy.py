@@ -21,12 +21,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genfast import _backend
+from genfast.ops._checks import check_float_tensor, check_tensor
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
+OP = register_op("softmax_cross_entropy", module=__name__, kernel_dtypes=KERNEL_DTYPES,
+                 torch_ops=("softmax_cross_entropy", "softmax_cross_entropy_backward"))
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -36,11 +39,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check(logits, target, reduction) -> None:
     op = "softmax_cross_entropy"
-    for name, t in (("logits", logits), ("target", target)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{op}: logits must be floating point, got {logits.dtype}")
+    check_tensor(op, "logits", logits)
+    check_tensor(op, "target", target)
+    check_float_tensor(op, "logits", logits)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{op}: target must be an integer tensor, got {target.dtype}")
     if logits.dim() < 2:
@@ -68,7 +69,7 @@ def softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction:
     for float64 logits). reduction: "mean", "sum" or "none" (per position).
     Differentiable once with respect to logits. impl: "auto", "ext" or "reference"."""
     _check(logits, target, reduction)
-    if not _backend.use_extension("softmax_cross_entropy", impl, logits, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, logits):
         return softmax_cross_entropy_reference(logits, target, reduction)
     loss, _, _ = torch.ops.genfast.softmax_cross_entropy(logits, target.long())
     if reduction == "mean":
@@ -87,29 +88,26 @@ def _empty_grad(logits: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-def _register_fake_and_autograd() -> None:
-    @torch.library.register_fake("genfast::softmax_cross_entropy")
-    def _(logits, target):
-        dtype = _acc_dtype(logits.dtype)
-        return tuple(target.new_empty(target.shape, dtype=dtype) for _ in range(3))
-
-    @torch.library.register_fake("genfast::softmax_cross_entropy_backward")
-    def _(grad_loss, logits, target, max, log_sum):
-        return _empty_grad(logits)
-
-    def setup(ctx, inputs, output):
-        logits, target = inputs
-        ctx.save_for_backward(logits, target, output[1], output[2])
-        ctx.mark_non_differentiable(output[1], output[2])  # the saved max and log-sum
-
-    def backward(ctx, grad_loss, grad_max, grad_log_sum):
-        logits, target, max, log_sum = ctx.saved_tensors
-        grad = torch.ops.genfast.softmax_cross_entropy_backward(grad_loss.to(max.dtype), logits, target,
-                                                                max, log_sum)
-        return grad, None
-
-    torch.library.register_autograd("genfast::softmax_cross_entropy", backward, setup_context=setup)
+@OP.register_fake()
+def _(logits, target):
+    dtype = _acc_dtype(logits.dtype)
+    return tuple(target.new_empty(target.shape, dtype=dtype) for _ in range(3))
 
 
-if _backend.LIBRARY_LOADED:
-    _register_fake_and_autograd()
+@OP.register_fake("softmax_cross_entropy_backward")
+def _(grad_loss, logits, target, max, log_sum):
+    return _empty_grad(logits)
+
+
+def _setup(ctx, inputs, output):
+    logits, target = inputs
+    ctx.save_for_backward(logits, target, output[1], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])  # the saved max and log-sum
+
+
+@OP.register_autograd(setup_context=_setup)
+def _backward(ctx, grad_loss, grad_max, grad_log_sum):
+    logits, target, max, log_sum = ctx.saved_tensors
+    grad = torch.ops.genfast.softmax_cross_entropy_backward(grad_loss.to(max.dtype), logits, target,
+                                                            max, log_sum)
+    return grad, None

@@ -37,14 +37,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from genfast import _backend
 from genfast.ops._checks import check_tensors
 from genfast.ops._draw import filtered_draw
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64),
 }
+OP = register_op("transformer_decode_step", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 LAYER_NORM_EPS = 1e-5
 
 
@@ -184,7 +185,7 @@ def transformer_decode_step(tokens: torch.Tensor, key_cache: torch.Tensor, value
     a zero embedding."""
     check_transformer_decode_step(tokens, key_cache, value_cache, uniforms, step, temperature, top_k,
                                   top_p, weights)
-    if not _backend.use_extension("transformer_decode_step", impl, key_cache, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, key_cache):
         if check_levels and not torch.compiler.is_compiling():
             check_tokens(tokens, weights.token_embedding.shape[0])
         return transformer_decode_step_reference(tokens, key_cache, value_cache, uniforms, step, temperature,
@@ -194,13 +195,8 @@ def transformer_decode_step(tokens: torch.Tensor, key_cache: torch.Tensor, value
                                                      bool(check_levels))
 
 
-def _register_fake() -> None:
-    @torch.library.register_fake("genfast::transformer_decode_step")
-    def _(tokens, key_cache, value_cache, uniforms, step, temperature, top_k, top_p, weights,  # noqa: ARG001
-          check_levels=True):
-        w = TransformerWeights(*weights)
-        return tokens.new_empty(tokens.shape), key_cache.new_empty((tokens.shape[0], w.head_weight.shape[1]))
-
-
-if _backend.LIBRARY_LOADED and hasattr(torch.ops.genfast, "transformer_decode_step"):
-    _register_fake()
+@OP.register_fake()
+def _(tokens, key_cache, value_cache, uniforms, step, temperature, top_k, top_p, weights,  # noqa: ARG001
+      check_levels=True):
+    w = TransformerWeights(*weights)
+    return tokens.new_empty(tokens.shape), key_cache.new_empty((tokens.shape[0], w.head_weight.shape[1]))

@@ -26,14 +26,15 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from genfast import _backend
 from genfast.ops._checks import check_tensors
 from genfast.ops._draw import draw_from_logits
+from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64),
 }
+OP = register_op("wavenet_step", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 MAX_LAYERS = 256  # the CUDA kernel takes the layer table by value
 
 
@@ -221,7 +222,7 @@ def wavenet_step(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.Ten
     adds nothing, like a -1.
     """
     check_wavenet_step(samples, cache, uniforms, step, known_steps, temperature, weights)
-    if not _backend.use_extension("wavenet_step", impl, cache, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, cache):
         if check_levels and not torch.compiler.is_compiling():
             check_samples(samples, weights.levels, max(0, step - weights.input_weight.shape[0]), step)
         return wavenet_step_reference(samples, cache, uniforms, step, known_steps, temperature, weights)
@@ -238,7 +239,7 @@ def wavenet_stepper(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.
     skip the op's per-step check (and its device->host sync)."""
     check_wavenet_step(samples, cache, uniforms, 0, known_steps, temperature, weights)
     check_samples(samples, weights.levels, 0, samples.shape[1])
-    if not _backend.use_extension("wavenet_step", impl, cache, KERNEL_DTYPES):
+    if not OP.use_kernel(impl, cache):
         return lambda t: wavenet_step_reference(samples, cache, uniforms, t, known_steps, temperature,
                                                 weights)
     op = torch.ops.genfast.wavenet_step.default
@@ -251,12 +252,7 @@ def wavenet_stepper(samples: torch.Tensor, cache: torch.Tensor, uniforms: torch.
     return step
 
 
-def _register_fake() -> None:
-    @torch.library.register_fake("genfast::wavenet_step")
-    def _(samples, cache, uniforms, step, known_steps, temperature, weights, dilations, check_levels=True):
-        w = WaveNetWeights(*weights, dilations=tuple(dilations))
-        return cache.new_empty((samples.shape[0], w.levels))
-
-
-if _backend.LIBRARY_LOADED:
-    _register_fake()
+@OP.register_fake()
+def _(samples, cache, uniforms, step, known_steps, temperature, weights, dilations, check_levels=True):
+    w = WaveNetWeights(*weights, dilations=tuple(dilations))
+    return cache.new_empty((samples.shape[0], w.levels))

@@ -44,6 +44,13 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def check_finite_loss(trainer: str, value: float, step: int, lr: float) -> None:
+    """A diverged run stops with the step and the learning rate instead of training on NaN."""
+    if not math.isfinite(value):
+        raise RuntimeError(f"{trainer}: the loss became {value} at step {step}; lower lr "
+                           f"(now {lr}) or check the data")
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """The example indices of global batch `step` (see the module docstring)."""
     per_epoch = n // batch_size
@@ -178,9 +185,7 @@ def train(model: AutoregressiveImageModel, train_data: ImageData, *, steps: int,
         scaler.step(optimizer)
         scaler.update()
         value = loss.item()
-        if not math.isfinite(value):
-            raise RuntimeError(f"train: the loss became {value} at step {step}; lower lr "
-                               f"(now {lr}) or check the data")
+        check_finite_loss("train", value, step, lr)
         nats_since, count_since = nats_since + value, count_since + 1
         bar.set_postfix(loss=f"{value:.4f}", bpd=f"{bits_per_dim(value):.4f}", refresh=False)
         bar.update(1)

@@ -35,7 +35,7 @@ from genfast.data import ImageData
 from genfast.losses import gan_loss
 from genfast.metrics import bits_per_dim
 from genfast.models.vae import AE, VAE
-from genfast.training.autoregressive import batch_indices, learning_rate
+from genfast.training.autoregressive import batch_indices, check_finite_loss, learning_rate
 from genfast.training.checkpoint import (CheckpointError, check_config, load_checkpoint, restoring,
                                          save_checkpoint)
 
@@ -234,9 +234,7 @@ def train_vae(model: VAE | AE, train_data: ImageData, *, variant: str = "vae", s
             d_loss.backward()
             disc_optimizer.step()
         value = loss.item()
-        if not math.isfinite(value):
-            raise RuntimeError(f"train_vae: the loss became {value} at step {step}; lower lr "
-                               f"(now {lr}) or check the data")
+        check_finite_loss("train_vae", value, step, lr)
         since, count = since + value, count + 1
         bar.set_postfix(loss=f"{value:.2f}", refresh=False)
         bar.update(1)

@@ -39,7 +39,7 @@ import torch
 from genfast.losses import PerceptualLoss, gan_loss
 from genfast.models import PatchDiscriminator
 from genfast.plotting import save_unit_rows
-from genfast.training.autoregressive import batch_indices
+from genfast.training.autoregressive import batch_indices, check_finite_loss
 from genfast.training.checkpoint import load_checkpoint, restoring, resume_run, save_checkpoint
 from genfast.training.vqvae import build_vqvae
 
@@ -183,9 +183,7 @@ class VQGANTrainer:
                   "vq": out.vq.loss.item(), "perplexity": out.vq.perplexity.item()}
         adversarial = self.step >= c.disc_start
         loss = nll + out.vq.loss
-        if not math.isfinite(loss.item()):
-            raise RuntimeError(f"vqgan: the loss became {loss.item()} at step {self.step}; lower lr "
-                               f"(now {c.lr}) or check the data")
+        check_finite_loss("vqgan", loss.item(), self.step, c.lr)
         self.opt_g.zero_grad(set_to_none=True)
         if adversarial:
             # The GAN term's gradient first (through D and the tokenizer, not the VGG);
