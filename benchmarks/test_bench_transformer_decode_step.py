@@ -162,3 +162,12 @@ def test_code_transformer_batch1_cuda_kernels(benchmark, bench_device, monkeypat
     if benchmark.stats:  # None under --benchmark-disable
         benchmark.extra_info["tokens_per_s"] = model.sequence_length / benchmark.stats.stats.median
         benchmark.extra_info["us_per_token"] = benchmark.stats.stats.median / model.sequence_length * 1e6
+
+
+def test_decode_loop_draws_what_sample_draws():
+    """The graph-captured loop is model.sample(1)'s loop: the same codes (small model, CPU)."""
+    torch.manual_seed(0)
+    model = CodeTransformer(levels=32, image_size=4, hidden_channels=32, num_layers=2, num_heads=4).eval()
+    loop, codes = decode_loop(model, torch.Generator().manual_seed(5))
+    loop()
+    assert torch.equal(codes, model.sample(1, generator=torch.Generator().manual_seed(5)).view(1, -1))
