@@ -444,7 +444,7 @@ __device__ void attention_item(const GridParams<T>& p, int l, int b, int head, T
 
 // The draw of sequence b from its logits (sampling_math.h, bit-identical to the CPU's
 // rule). Unfiltered: the weights in parallel (the same draw_weight calls as the serial
-// inverse_cdf_draw), their running sums by thread 0 in level order, and the count of
+// inverse_cdf_draw), their running sums by warp 0 in level order, and the count of
 // running sums <= u * total in parallel (they never decrease, so the count is the
 // serial loop's). Filtered: the block kernel's rank computation and thread 0's
 // filtered_rank_count / filtered_level.
@@ -495,13 +495,26 @@ __device__ void draw_item(const GridParams<T>& p, int b, GridShared<T>& sh) {
     __syncthreads();
     return;
   }
-  if (threadIdx.x == 0) {
+  if (threadIdx.x < 32) {
+    // The running sums in level order by warp 0: 32 weights per coalesced load (the
+    // next chunk's in flight), broadcast to every lane in lane order, so every lane
+    // adds the same weights in the same order; lane s keeps level base + s's sum.
+    // Lanes past V load 0, and adding 0 changes no sum.
+    const int lane = threadIdx.x;
     double running = 0.0;
-    for (int i = 0; i < V; ++i) {
-      running = add_rn(running, weight[i]);
-      kept_weight[i] = running;
+    double next = lane < V ? weight[lane] : 0.0;
+    for (int base = 0; base < V; base += 32) {
+      const double mine_weight = next;
+      next = base + 32 + lane < V ? weight[base + 32 + lane] : 0.0;
+      double mine = 0.0;
+#pragma unroll
+      for (int s = 0; s < 32; ++s) {
+        running = add_rn(running, __shfl_sync(kAllLanes, mine_weight, s));
+        if (s == lane) mine = running;
+      }
+      if (base + lane < V) kept_weight[base + lane] = mine;
     }
-    sh.threshold = mul_rn(p.uniforms[b], running);
+    if (lane == 0) sh.threshold = mul_rn(p.uniforms[b], running);
   }
   __syncthreads();
   int count = 0;
