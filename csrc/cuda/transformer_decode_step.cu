@@ -23,6 +23,7 @@
 #include <cooperative_groups.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "../transformer_decode_schedule.h"
@@ -638,8 +639,13 @@ std::tuple<at::Tensor, at::Tensor> transformer_decode_step_cuda(
   AT_DISPATCH_FLOATING_TYPES(key_cache.scalar_type(), "transformer_decode_step_cuda", [&] {
     // The grid kernel where it can run (see decode_kernel_choice), else the block kernel.
     if (choice != DecodeKernel::kBlock) {
-      TORCH_CHECK_VALUE(s.batch * s.heads <= kMaxIndex32 && 3 * s.width <= kMaxIndex32, op,
-                        ": batch ", s.batch, " x ", s.heads, " heads are too many items for the grid kernel");
+      // Item counts are ints: sequence tiles x column tiles of the widest product, and
+      // (sequence, head) pairs.
+      const int64_t widest = std::max({3 * s.width, s.mlp, s.levels});
+      const int64_t tiles = (s.batch + kDecodeTileSeqs - 1) / kDecodeTileSeqs *
+                            ((widest + kDecodeTileColumns - 1) / kDecodeTileColumns);
+      TORCH_CHECK_VALUE(s.batch * s.heads <= kMaxIndex32 && tiles <= kMaxIndex32, op, ": batch ", s.batch,
+                        " is too large for the grid kernel of this model; use GENFAST_DECODE_KERNEL=block");
       const size_t bytes = sizeof(scalar_t) * static_cast<size_t>(decode_grid_shared_elements(
                                                   s.width, s.mlp, s.head_dim, s.max_positions));
       const bool fits = bytes + sizeof(GridShared<scalar_t>) <= static_cast<size_t>(device_limit);
