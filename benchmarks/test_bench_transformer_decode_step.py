@@ -15,6 +15,13 @@
   a softmax, out projection, MLP), the head and the same inverse-CDF draw.
 - "genfast": model.sample(), one transformer_decode_step call per token.
 extra_info["tokens_per_s"] = batch * 256 / (scaled) median.
+
+GPU only, batch 1, each CUDA kernel (GENFAST_DECODE_KERNEL=block / grid; the issue's
+target is >= 5000 tokens/s on an H100/H200):
+- "<kernel> kernel, model.sample": model.sample(1), per token one op call from
+  Python (argument checks, allocations and the launch on the host each time);
+- "<kernel> kernel, CUDA graph": the same 256 op calls captured once in a CUDA graph
+  (check_levels=False: no host sync) and replayed -- the GPU time of the kernels alone.
 """
 import math
 
@@ -100,3 +107,67 @@ def test_peer_draws_what_genfast_draws():
     peer = python_kv_cache_sample(model, 3, torch.Generator().manual_seed(5))
     ours = model.sample(3, generator=torch.Generator().manual_seed(5))
     assert torch.equal(peer, ours.view(3, -1))
+
+
+def decode_loop(model: CodeTransformer, generator: torch.Generator):
+    """model.sample(1)'s decoding loop with everything allocated up front, so that it can
+    be captured in a CUDA graph: returns run() (256 op calls) and the codes it fills."""
+    from genfast.ops import transformer_decode_step
+
+    device = model.position_embedding.device
+    weights = model.pack_weights(torch.float32, device)
+    keys, values = model.new_cache(1, torch.float32, device)
+    u = sampling_uniforms(1, 1, *model.image_size, generator, device).reshape(-1, 1)
+    start = torch.full((1,), model.levels + model.prefix_levels, dtype=torch.long, device=device)
+    codes = torch.empty(1, model.sequence_length, dtype=torch.long, device=device)
+
+    def run():
+        ids = start
+        for position in range(model.positions):
+            drawn, _ = transformer_decode_step(ids, keys, values, u[position], position, weights, impl="ext",
+                                               check_levels=False)
+            codes[:, position] = drawn
+            ids = drawn
+
+    return run, codes
+
+
+@pytest.mark.parametrize("how", ("model.sample", "CUDA graph"))
+@pytest.mark.parametrize("kernel", ("block", "grid"))
+def test_code_transformer_batch1_cuda_kernels(benchmark, bench_device, monkeypatch, kernel, how):
+    if bench_device != "cuda":
+        pytest.skip("compares the CUDA kernels")
+    monkeypatch.setenv("GENFAST_DECODE_KERNEL", kernel)
+    torch.manual_seed(0)
+    model = CodeTransformer(**CONFIG).to(bench_device).eval()
+    generator = torch.Generator(bench_device)
+    if how == "model.sample":
+        def run():
+            model.sample(1, generator=generator.manual_seed(0), impl="ext")
+    else:
+        loop, _ = decode_loop(model, generator.manual_seed(0))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            loop()  # warm-up outside the capture (occupancy lookup, allocator)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loop()
+        run = graph.replay
+    record(benchmark, "code transformer sample L8 D256 H8 T256 V1024 b1 fp32 cuda, kernels",
+           f"{kernel} kernel, {how}", baseline=kernel == "block" and how == "model.sample")
+    benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
+    benchmark.pedantic(synced(run, bench_device), rounds=3, warmup_rounds=1)
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["tokens_per_s"] = model.sequence_length / benchmark.stats.stats.median
+        benchmark.extra_info["us_per_token"] = benchmark.stats.stats.median / model.sequence_length * 1e6
+
+
+def test_decode_loop_draws_what_sample_draws():
+    """The graph-captured loop is model.sample(1)'s loop: the same codes (small model, CPU)."""
+    torch.manual_seed(0)
+    model = CodeTransformer(levels=32, image_size=4, hidden_channels=32, num_layers=2, num_heads=4).eval()
+    loop, codes = decode_loop(model, torch.Generator().manual_seed(5))
+    loop()
+    assert torch.equal(codes, model.sample(1, generator=torch.Generator().manual_seed(5)).view(1, -1))

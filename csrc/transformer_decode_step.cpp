@@ -2,6 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
 namespace genfast {
 namespace {
 
@@ -86,6 +90,25 @@ TransformerShape check_transformer_decode_step(const at::Tensor& tokens, const a
     check_levels_in_range(kOp, "tokens", tokens, at::Tensor(), 0, s.vocabulary, "tokens must hold ids");
   }
   return s;
+}
+
+DecodeKernel decode_kernel_choice(const char* value) {
+  if (value == nullptr || std::strcmp(value, "") == 0 || std::strcmp(value, "auto") == 0) return DecodeKernel::kAuto;
+  if (std::strcmp(value, "grid") == 0) return DecodeKernel::kGrid;
+  if (std::strcmp(value, "block") == 0) return DecodeKernel::kBlock;
+  TORCH_CHECK_VALUE(false, kOp, ": GENFAST_DECODE_KERNEL must be 'auto', 'grid' or 'block', got '", value, "'");
+  return DecodeKernel::kAuto;  // not reached
+}
+
+int decode_grid_limit(const char* value) {
+  if (value == nullptr || std::strcmp(value, "") == 0) return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long blocks = std::strtol(value, &end, 10);
+  TORCH_CHECK_VALUE(errno == 0 && *end == '\0' && end != value && blocks >= 1 && blocks <= 1000000, kOp,
+                    ": GENFAST_DECODE_GRID must be a positive int (the most blocks of the grid kernel), got '",
+                    value, "'");
+  return static_cast<int>(blocks);
 }
 
 }  // namespace genfast

@@ -71,4 +71,17 @@ GENFAST_HOST_DEVICE inline int64_t embedding_row(int64_t id, int64_t count) {
   return id >= 0 && id < count ? id : -1;
 }
 
+// The CUDA kernel GENFAST_DECODE_KERNEL selects (null or "" reads as "auto"):
+// "grid" the cooperative multi-block kernel (an error where the device cannot launch
+// it), "block" one block per sequence, "auto" the grid kernel where it can run, else
+// the block kernel. Anything else: ValueError naming the variable.
+enum class DecodeKernel { kAuto, kGrid, kBlock };
+DecodeKernel decode_kernel_choice(const char* value);
+
+// GENFAST_DECODE_GRID: the most blocks the grid kernel may use (null or "": no limit,
+// i.e. every resident block up to the most items of a phase), for tests of grid
+// independence and tuning; else a positive int (ValueError otherwise). Returns 0 for
+// no limit.
+int decode_grid_limit(const char* value);
+
 }  // namespace genfast

@@ -107,7 +107,7 @@ MEMCHECK_K="cuda and (every_output_is_written or model_sized or duplicates or co
 RACECHECK_K="cuda and (every_output_is_written or collapsed)"
 OP_TESTS=(tests/test_masked_conv2d.py tests/test_nearest_code.py tests/test_code_statistics.py
           tests/test_gradient_penalty.py tests/test_pixelcnn_row.py tests/test_gated_pixelcnn_row.py
-          tests/test_wavenet_step.py)
+          tests/test_wavenet_step.py tests/test_transformer_decode_grid.py)
 PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider)
 
 if [ "$dry_run" = 1 ]; then

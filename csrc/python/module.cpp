@@ -4,6 +4,8 @@
 
 #include "../build_info.h"
 #include "../gated_pixelcnn_row.h"
+#include "../transformer_decode_schedule.h"
+#include "../transformer_decode_step.h"
 
 namespace {
 
@@ -79,6 +81,38 @@ std::string gated_row_kernel_choice(const std::string& value) {
   }
 }
 
+// For tests: the phases of transformer_decode_step's grid CUDA kernel as lists of
+// (kind, layer, seq0, column0, writer), from the same host/device functions the
+// kernel uses (csrc/transformer_decode_schedule.h), and its shared memory in elements.
+py::tuple decode_schedule(int64_t batch, int64_t layers, int64_t heads, int64_t head_dim, int64_t mlp,
+                          int64_t levels, int64_t max_positions) {
+  TORCH_CHECK_VALUE(batch >= 1 && layers >= 1 && heads >= 1 && head_dim >= 1 && mlp >= 1 && levels >= 1 &&
+                        batch * heads <= genfast::kMaxIndex32 && 3 * heads * head_dim <= genfast::kMaxIndex32,
+                    "_decode_schedule: sizes must be positive and fit in int");
+  const genfast::DecodeSchedule s{static_cast<int>(batch), static_cast<int>(layers), static_cast<int>(heads),
+                                  static_cast<int>(heads * head_dim), static_cast<int>(mlp),
+                                  static_cast<int>(levels)};
+  py::list phases;
+  for (int phase = 0; phase < s.phases(); ++phase) {
+    py::list items;
+    for (int i = 0; i < s.items(phase); ++i) {
+      const genfast::DecodeItem it = s.item(phase, i);
+      items.append(py::make_tuple(it.kind, it.layer, it.seq0, it.column0, it.writer));
+    }
+    phases.append(items);
+  }
+  return py::make_tuple(phases, s.max_items(),
+                        genfast::decode_grid_shared_elements(heads * head_dim, mlp, head_dim, max_positions));
+}
+
+// For tests: the kernel GENFAST_DECODE_KERNEL=value selects, and the grid limit
+// GENFAST_DECODE_GRID=grid sets (ValueError when invalid).
+py::tuple decode_kernel_choice(const std::string& kernel, const std::string& grid) {
+  const char* names[] = {"auto", "grid", "block"};
+  return py::make_tuple(names[static_cast<int>(genfast::decode_kernel_choice(kernel.c_str()))],
+                        genfast::decode_grid_limit(grid.c_str()));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -97,4 +131,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(column, colour, phase) of step q of a row for (q, phases, channels); for tests.");
   m.def("_gated_row_kernel_choice", &gated_row_kernel_choice,
         "The CUDA gated_pixelcnn_row kernel a GENFAST_GATED_ROW_KERNEL value selects; for tests.");
+  m.def("_decode_schedule", &decode_schedule,
+        "(items of each phase as (kind, layer, seq0, column0, writer), max items, shared "
+        "elements) of the grid CUDA transformer_decode_step kernel for (batch, layers, heads, "
+        "head_dim, mlp, levels, max_positions); for tests.");
+  m.def("_decode_kernel_choice", &decode_kernel_choice,
+        "(kernel, grid limit) that GENFAST_DECODE_KERNEL and GENFAST_DECODE_GRID values select; "
+        "for tests.");
 }

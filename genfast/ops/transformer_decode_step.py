@@ -26,8 +26,10 @@ scale is 1 / sqrt(head_dim).
 
 `transformer_decode_step_reference` is the same step in batched torch ops: the
 fallback, the test oracle. Kernels: csrc/cpu/transformer_decode_step.cpp,
-csrc/cuda/transformer_decode_step.cu; schema in csrc/schemas.cpp. Sampling only: no
-autograd.
+csrc/cuda/transformer_decode_step.cu (two kernels: the environment variable
+GENFAST_DECODE_KERNEL=auto|grid|block picks the cooperative multi-block one or the
+one-block-per-sequence one; docs/code-transformer.md "GPU kernels"); schema in
+csrc/schemas.cpp. Sampling only: no autograd.
 """
 from __future__ import annotations
 
