@@ -29,6 +29,7 @@
 #endif
 
 #include "../dmol.h"
+#include "fast_math.h"  // exp_reduced: the exp polynomial shared with fast_exp
 
 #define GENFAST_INLINE __attribute__((always_inline)) inline
 

@@ -55,16 +55,8 @@ GENFAST_INLINE vf vexp(vf x) {
   // round(x / ln 2) by the 1.5 * 2^23 trick: t's low mantissa bits hold it as an integer.
   const vf t = x * 1.44269504088896341f + 12582912.0f;
   const vf n = t - 12582912.0f;
-  const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
   const vi e = (as_int(t) - 0x4b400000 + 127) << 23;
-  return p * as_float(e);
+  return exp_reduced(x, n) * as_float(e);
 }
 
 // log x for x > 0 (Cephes' logf: mantissa in [sqrt(1/2), sqrt 2), degree-8

@@ -15,21 +15,26 @@
 
 namespace genfast {
 
+// e^(x - n ln 2) for n = round(x / ln 2): ln 2 in two parts so that n ln 2 is exact, then
+// Cephes' degree-6 polynomial; F is float or a GCC vector of floats (csrc/cpu/dmol_lanes_impl.h).
+template <typename F>
+__attribute__((always_inline)) inline F exp_reduced(F x, F n) {
+  const F r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * (r * r) + r + 1.0f;
+}
+
 __attribute__((always_inline)) inline float fast_exp(float x) {
   const float clamped = x < -87.0f ? -87.0f : (x > 88.37f ? 88.37f : x);
   x = x != x ? x : clamped;
   // n = round(x / ln 2) by the 1.5 * 2^23 trick (no rounding call to vectorise).
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
   const int32_t e = static_cast<int32_t>(n) + 127;
-  return p * std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
+  return exp_reduced(x, n) * std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
 }
 
 __attribute__((always_inline)) inline float fast_tanh(float a) {

@@ -637,6 +637,25 @@ std::tuple<at::Tensor, at::Tensor> transformer_decode_step_cuda(
   int device_limit = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   AT_DISPATCH_FLOATING_TYPES(key_cache.scalar_type(), "transformer_decode_step_cuda", [&] {
+    // The fields both kernels' parameters share.
+    auto fill_common = [&](auto& p) {
+      p.w.set(wc);
+      p.tokens = tokens_c.const_data_ptr<int64_t>();
+      p.keys = key_cache.mutable_data_ptr<scalar_t>();
+      p.values = value_cache.mutable_data_ptr<scalar_t>();
+      p.uniforms = uniforms_c.const_data_ptr<double>();
+      p.temperature = temperature;
+      p.top_p = top_p;
+      p.top_k = static_cast<int>(std::min<int64_t>(top_k, s.levels));
+      p.step = static_cast<int>(step);
+      p.head_dim = static_cast<int>(s.head_dim);
+      p.max_positions = static_cast<int>(s.max_positions);
+      p.vocabulary = static_cast<int>(s.vocabulary);
+      p.drawn = drawn.mutable_data_ptr<int64_t>();
+      p.logits = logits.mutable_data_ptr<scalar_t>();
+      p.scratch = scratch.mutable_data_ptr<double>();
+      p.order = order.mutable_data_ptr<int32_t>();
+    };
     // The grid kernel where it can run (see decode_kernel_choice), else the block kernel.
     if (choice != DecodeKernel::kBlock) {
       // Item counts are ints: sequence tiles x column tiles of the widest product, and
@@ -666,18 +685,7 @@ std::tuple<at::Tensor, at::Tensor> transformer_decode_step_cuda(
                   "cooperatively; use 'block' or 'auto'");
       if (resident > 0) {
         GridParams<scalar_t> p{};
-        p.w.set(wc);
-        p.tokens = tokens_c.const_data_ptr<int64_t>();
-        p.keys = key_cache.mutable_data_ptr<scalar_t>();
-        p.values = value_cache.mutable_data_ptr<scalar_t>();
-        p.uniforms = uniforms_c.const_data_ptr<double>();
-        p.temperature = temperature;
-        p.top_p = top_p;
-        p.top_k = static_cast<int>(std::min<int64_t>(top_k, s.levels));
-        p.step = static_cast<int>(step);
-        p.head_dim = static_cast<int>(s.head_dim);
-        p.max_positions = static_cast<int>(s.max_positions);
-        p.vocabulary = static_cast<int>(s.vocabulary);
+        fill_common(p);
         p.s = DecodeSchedule{static_cast<int>(s.batch), static_cast<int>(s.layers), static_cast<int>(s.heads),
                              static_cast<int>(s.width), static_cast<int>(s.mlp), static_cast<int>(s.levels)};
         // The activations between phases: x, q, context (B, D each) and hidden (B, M);
@@ -687,10 +695,6 @@ std::tuple<at::Tensor, at::Tensor> transformer_decode_step_cuda(
         p.q = p.x + s.batch * s.width;
         p.context = p.q + s.batch * s.width;
         p.hidden = p.context + s.batch * s.width;
-        p.drawn = drawn.mutable_data_ptr<int64_t>();
-        p.logits = logits.mutable_data_ptr<scalar_t>();
-        p.scratch = scratch.mutable_data_ptr<double>();
-        p.order = order.mutable_data_ptr<int32_t>();
         int grid = std::min(p.s.max_items(), resident);
         if (grid_limit > 0) grid = std::min(grid, grid_limit);
         void* args[] = {&p};
@@ -710,27 +714,12 @@ std::tuple<at::Tensor, at::Tensor> transformer_decode_step_cuda(
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
     }
     Params<scalar_t> p{};
-    p.w.set(wc);
-    p.tokens = tokens_c.const_data_ptr<int64_t>();
-    p.keys = key_cache.mutable_data_ptr<scalar_t>();
-    p.values = value_cache.mutable_data_ptr<scalar_t>();
-    p.uniforms = uniforms_c.const_data_ptr<double>();
-    p.temperature = temperature;
-    p.top_p = top_p;
-    p.top_k = static_cast<int>(std::min<int64_t>(top_k, s.levels));
-    p.step = static_cast<int>(step);
+    fill_common(p);
     p.layers = static_cast<int>(s.layers);
     p.heads = static_cast<int>(s.heads);
-    p.head_dim = static_cast<int>(s.head_dim);
-    p.max_positions = static_cast<int>(s.max_positions);
     p.width = static_cast<int>(s.width);
     p.mlp = static_cast<int>(s.mlp);
     p.levels = static_cast<int>(s.levels);
-    p.vocabulary = static_cast<int>(s.vocabulary);
-    p.drawn = drawn.mutable_data_ptr<int64_t>();
-    p.logits = logits.mutable_data_ptr<scalar_t>();
-    p.scratch = scratch.mutable_data_ptr<double>();
-    p.order = order.mutable_data_ptr<int32_t>();
     transformer_decode_step_kernel<scalar_t><<<static_cast<unsigned>(s.batch), kThreads, bytes,
                                                 c10::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
