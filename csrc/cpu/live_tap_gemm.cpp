@@ -73,37 +73,49 @@ std::vector<float> pack_panels(const float* a, int64_t m, int64_t k) {
   return packed;
 }
 
-// dst[0:len) = image row `row` (length w) shifted by ox, zero outside.
-inline void shifted_row(const float* row, int64_t w, int64_t x, int64_t len, int64_t ox,
-                        float* dst) {
-  const int64_t lo = std::clamp<int64_t>(-ox, x, x + len);
-  const int64_t hi = std::clamp<int64_t>(w - ox, lo, x + len);
-  std::fill(dst, dst + (lo - x), 0.f);
-  if (hi > lo) std::memcpy(dst + (lo - x), row + lo + ox, (hi - lo) * sizeof(float));
-  std::fill(dst + (hi - x), dst + len, 0.f);
-}
-
-// Strip (K, nr) of the gather for pixels [p0, p0 + nr) of one sample image (C, H, W).
-void gather_strip(const float* image, int64_t c, int64_t h, int64_t w, const LiveTaps& taps,
-                  int sign, int64_t p0, int64_t nr, float* strip) {
-  const int64_t p_end = std::min(p0 + nr, h * w);
+// Strip (K, 16 * NV) of the gather for pixels [p0, p0 + 16 * NV) of one sample image
+// (C, H, W). A strip's pixels are consecutive in the plane, so tap t reads them at the
+// constant offset sign * (dy * W + dx); only which lanes are inside the image depends on
+// the tap, and not on the channel: one mask per (tap, vector), then one masked load and
+// store per (channel, tap, vector) — no per-row copies.
+template <int NV>
+__attribute__((target("avx512f"))) void gather_strip(const float* image, int64_t c, int64_t h,
+                                                     int64_t w, const LiveTaps& taps, int sign,
+                                                     int64_t p0, float* strip) {
+  constexpr int nr = 16 * NV;
+  const int64_t plane = h * w;
+  int32_t ys[nr], xs[nr];
+  for (int l = 0; l < nr; ++l) {
+    const int64_t p = p0 + l;
+    // Pixels past the plane's end get a row no tap can bring back inside.
+    ys[l] = p < plane ? static_cast<int32_t>(p / w) : INT32_MIN / 2;
+    xs[l] = static_cast<int32_t>(p % w);
+  }
+  __mmask16 masks[kMaxLiveTaps][NV];
+  int64_t offsets[kMaxLiveTaps];
+  for (int t = 0; t < taps.count; ++t) {
+    const int32_t dy = sign * taps.dy[t], dx = sign * taps.dx[t];
+    offsets[t] = static_cast<int64_t>(dy) * w + dx;
+    // 0 <= y + dy < h and 0 <= x + dx < w, as unsigned compares of (y + dy) < h.
+    const __m512i vdy = _mm512_set1_epi32(dy), vdx = _mm512_set1_epi32(dx);
+    const __m512i vh = _mm512_set1_epi32(static_cast<int32_t>(h));
+    const __m512i vw = _mm512_set1_epi32(static_cast<int32_t>(w));
+    for (int v = 0; v < NV; ++v) {
+      const __m512i y = _mm512_add_epi32(_mm512_loadu_si512(ys + 16 * v), vdy);
+      const __m512i x = _mm512_add_epi32(_mm512_loadu_si512(xs + 16 * v), vdx);
+      masks[t][v] = _mm512_cmplt_epu32_mask(y, vh) & _mm512_cmplt_epu32_mask(x, vw);
+    }
+  }
   for (int64_t ch = 0; ch < c; ++ch) {
-    const float* plane = image + ch * h * w;
+    const float* base = image + ch * plane + p0;
     for (int t = 0; t < taps.count; ++t) {
       float* dst = strip + (ch * taps.count + t) * nr;
-      const int64_t oy = sign * taps.dy[t], ox = sign * taps.dx[t];
-      // The strip's pixels as runs along image rows.
-      for (int64_t p = p0; p < p_end;) {
-        const int64_t y = p / w, x = p % w, len = std::min(w - x, p_end - p);
-        const int64_t sy = y + oy;
-        if (sy < 0 || sy >= h) {
-          std::fill(dst + (p - p0), dst + (p - p0) + len, 0.f);
-        } else {
-          shifted_row(plane + sy * w, w, x, len, ox, dst + (p - p0));
-        }
-        p += len;
+      // Masked-off lanes are not read (no fault), so the address may lie outside the plane.
+      const float* s = base + offsets[t];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        _mm512_storeu_ps(dst + 16 * v, _mm512_maskz_loadu_ps(masks[t][v], s + 16 * v));
       }
-      std::fill(dst + (p_end - p0), dst + nr, 0.f);
     }
   }
 }
@@ -132,7 +144,7 @@ void live_tap_gemm_tiled(const float* a, int64_t m, const float* bias, const flo
     std::vector<float> strip(k * nr);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t sample = job / strips, p0 = (job % strips) * nr;
-      gather_strip(src + sample * c * plane, c, h, w, taps, sign, p0, nr, strip.data());
+      gather_strip<NV>(src + sample * c * plane, c, h, w, taps, sign, p0, strip.data());
       const int cols = static_cast<int>(std::min<int64_t>(nr, plane - p0));
       for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
         const int64_t kc = std::min(kc_max, k - k0);
