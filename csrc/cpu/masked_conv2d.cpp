@@ -1,7 +1,8 @@
 // masked_conv2d on the CPU: a GEMM of the packed live weights with the gather of
 // only the live taps of the image ("im2col" without the masked-out taps), so dead
 // taps cost neither memory traffic nor multiplications. Float32 on AVX-512 CPUs
-// runs live_tap_gemm.cpp (gather fused into the GEMM's packing); other cases gather
+// runs live_tap_gemm.cpp (gather fused into the GEMM's packing; the weight gradient
+// reads the image planes in place, no gather); other cases gather
 // a column matrix per sample and call at::mm.
 #include <algorithm>
 #include <cstring>
