@@ -62,6 +62,79 @@ def test_matches_reference(device, dtype, seed):
         torch.testing.assert_close(got, want, **TOLERANCES[dtype])
 
 
+def reference_grad_weight(g, x, weight_shape, kwargs):
+    """The weight gradient of the reference (F.conv2d of weight * mask) in float64."""
+    w = torch.zeros(weight_shape, dtype=torch.float64, requires_grad=True)
+    out = masked_conv2d_reference(x.double(), w, **kwargs)
+    return torch.autograd.grad(out, w, g.double())[0]
+
+
+# The CPU weight-gradient kernel tiles 4 output channels x 6 live-weight columns (the
+# columns of one kernel row), reads 16-pixel chunks of image rows with masked loads:
+# sizes on both sides of every tile edge, taps reaching past the image, colour groups.
+@requires_ext
+@pytest.mark.parametrize("case", [
+    # (batch, in_c, out_c, kernel, mask, groups, dilation, height, width)
+    (2, 1, 1, (3, 3), "B", 1, (1, 1), 5, 16),
+    (3, 1, 7, (7, 7), "A", 1, (1, 1), 9, 17),
+    (2, 3, 9, (5, 5), "A", 3, (1, 2), 6, 33),
+    (1, 6, 5, (1, 3), "B", 1, (1, 1), 4, 40),
+    (2, 6, 6, (1, 1), "A", 3, (1, 1), 3, 15),   # colour-masked 1x1: the centre only
+    (2, 5, 13, (3, 5), "B", 1, (2, 3), 7, 11),  # dilated taps past the image edge
+    (1, 4, 4, (11, 11), "B", 1, (1, 1), 3, 2),  # kernel larger than the image
+    (2, 7, 3, (3, 3), "B", 1, (1, 1), 1, 70),   # one row: only the centre row's taps read it
+])
+def test_grad_weight_kernel_float32(case):
+    n, cin, cout, kernel, mask_type, groups, dilation, h, w = case
+    gen = torch.Generator().manual_seed(sum(kernel) + h * w)
+    x = torch.randn(n, cin, h, w, generator=gen)
+    g = torch.randn(n, cout, h, w, generator=gen)
+    got = torch.ops.genfast.masked_conv2d_grad_weight(g, x, list(kernel), list(dilation),
+                                                      mask_type, groups)
+    kwargs = dict(mask_type=mask_type, color_groups=groups, dilation=dilation)
+    want = reference_grad_weight(g, x, (cout, cin, *kernel), kwargs)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    mask = masked_conv2d_mask(cin, cout, kernel, mask_type, groups)
+    assert (got[mask == 0] == 0).all()  # masked entries are exact zeros
+
+
+# The CPU forward / input-gradient kernel picks its micro-tile by the number of result
+# rows (output channels, or input channels for the input gradient): 1, 2, 3 and 4 rows
+# have their own tiles (16 * 8 or 16 * 6 pixels wide), more rows use 8 x 32.
+@requires_ext
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+def test_few_rows_float32(rows):
+    gen = torch.Generator().manual_seed(rows)
+    for kernel, mask_type, h, w in [((7, 7), "A", 9, 37), ((3, 3), "B", 17, 130), ((1, 3), "B", 2, 5)]:
+        x = torch.randn(2, rows, h, w, generator=gen).requires_grad_()
+        wt = torch.randn(rows, rows, *kernel, generator=gen).requires_grad_()
+        b = torch.randn(rows, generator=gen).requires_grad_()
+        out = masked_conv2d(x, wt, b, mask_type=mask_type, impl="ext", algorithm="live_tap")
+        ref = masked_conv2d_reference(x.double(), wt.double(), b.double(), mask_type=mask_type)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+        g = torch.randn(out.shape, generator=gen)
+        got = torch.autograd.grad(out, (x, wt, b), g)
+        want = torch.autograd.grad(ref, (x, wt, b), g.double())
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a.double(), e.double(), rtol=1e-4, atol=1e-3)
+
+
+@requires_ext
+def test_grad_weight_does_not_depend_on_thread_count():
+    # Threads own output channels; each entry is summed in the same order at any count.
+    gen = torch.Generator().manual_seed(5)
+    x, g = torch.randn(4, 9, 12, 21, generator=gen), torch.randn(4, 10, 12, 21, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            results.append(torch.ops.genfast.masked_conv2d_grad_weight(g, x, [5, 5], [1, 1], "B", 1))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_model_sized_layers(device):
     # Sizes of real models: channels not multiples of the tile sizes, 7x7 'A' and 3x3 'B'.

@@ -1,6 +1,7 @@
-// Float32 GEMMs whose second operand is the live-tap gather of an image, packed
-// straight from the image into cache-sized strips (no column matrix in memory),
-// with an AVX-512 register-blocked micro-kernel. Chosen at run time on CPUs that
+// Float32 GEMMs whose second operand is the live-tap gather of an image, with AVX-512
+// register-blocked micro-kernels: the forward and input gradient pack the gather from
+// the image into cache-sized strips (no column matrix in memory); the weight gradient
+// reads the shifted image rows directly with masked loads. Chosen at run time on CPUs that
 // have AVX-512; elsewhere the ops use gather + at::mm.
 #pragma once
 
@@ -18,9 +19,10 @@ bool live_tap_gemm_supported();
 void live_tap_gemm(const float* a, int64_t m, const float* bias, const float* src, int64_t n,
                    int64_t c, int64_t h, int64_t w, const LiveTaps& taps, int sign, float* out);
 
-// out (M, C*T) = sum over n of g[n] (M, H*W) @ gather(src[n])^T.
-void live_tap_gemm_transposed(const float* g, int64_t m, const float* src, int64_t n, int64_t c,
-                              int64_t h, int64_t w, const LiveTaps& taps, float* out);
+// out (M, C*T) += sum over n of g[n] (M, H*W) @ gather(src[n])^T (sign +1): the weight
+// gradient, read straight from g and src (no gathered copy).
+void live_tap_grad_weight(const float* g, int64_t m, const float* src, int64_t n, int64_t c,
+                          int64_t h, int64_t w, const LiveTaps& taps, float* out);
 
 }  // namespace cpu
 }  // namespace genfast

@@ -1,7 +1,8 @@
 // masked_conv2d on the CPU: a GEMM of the packed live weights with the gather of
 // only the live taps of the image ("im2col" without the masked-out taps), so dead
 // taps cost neither memory traffic nor multiplications. Float32 on AVX-512 CPUs
-// runs live_tap_gemm.cpp (gather fused into the GEMM's packing); other cases gather
+// runs live_tap_gemm.cpp (gather fused into the GEMM's packing; the weight gradient
+// reads the image planes in place, no gather); other cases gather
 // a column matrix per sample and call at::mm.
 #include <algorithm>
 #include <cstring>
@@ -119,8 +120,8 @@ at::Tensor masked_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at
   const auto gy = grad_output.contiguous().view({n, out_c, h * w});
   auto grad_packed = at::zeros({out_c, in_c * taps.count}, x.options());
   if (x.scalar_type() == at::kFloat && cpu::live_tap_gemm_supported()) {
-    cpu::live_tap_gemm_transposed(gy.const_data_ptr<float>(), out_c, x.const_data_ptr<float>(), n,
-                                  in_c, h, w, taps, grad_packed.mutable_data_ptr<float>());
+    cpu::live_tap_grad_weight(gy.const_data_ptr<float>(), out_c, x.const_data_ptr<float>(), n,
+                              in_c, h, w, taps, grad_packed.mutable_data_ptr<float>());
     return unpack_live_weight(grad_packed, {out_c, in_c, kernel_size[0], kernel_size[1]}, taps);
   }
   auto cols = at::empty({in_c * taps.count, h * w}, x.options());

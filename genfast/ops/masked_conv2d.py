@@ -318,16 +318,27 @@ class _MaskedConv2dFunction(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------- choosing
+@functools.lru_cache(maxsize=1)
+def _cpu_has_avx512() -> bool:
+    """Whether the CPU runs genfast's AVX-512 live-tap kernels (ATen's own detection)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def heuristic_algorithm(phase: str, device_type: str, dtype: torch.dtype, input_shape, weight_shape,
                         mask_type: str, color_groups: int, eligible=ALGORITHMS) -> str:
     """The choice when no timing may happen (GENFAST_AUTOTUNE=0, deterministic mode,
     torch.compile tracing or CUDA graph capture with a signature never timed).
 
-    CPU (measured on an Intel Xeon with AVX-512/AMX, torch 2.14, 2 threads, in a quiet
-    window; see docs/masked-conv-algorithms.md): genfast's live-tap kernels won the
-    input gradient on 4 of the 5 benchmark layers and the forward on 3 of 5; the
-    decomposition won the weight gradient on 4 of 5. Without a kernel for the dtype
-    (e.g. bfloat16 on the CPU) the PyTorch algorithm next in that order.
+    CPU (measured on an Intel Xeon with AVX-512/AMX, torch 2.14, 2 threads; see
+    docs/masked-conv-algorithms.md): with AVX-512, genfast's live-tap kernels in every
+    phase (since the weight gradient reads the image planes directly it beats the
+    decomposition on all 5 benchmark layers, as the forward and input gradient did).
+    Without AVX-512 the live-tap weight gradient is a gather + at::mm per sample, and the
+    decomposition keeps that phase. Without a kernel for the dtype (e.g. bfloat16 on the
+    CPU) the PyTorch algorithm next in that order.
     CUDA: the decomposition, whose dense sub-kernels cuDNN runs on tensor cores (TF32 /
     bf16 / fp16), while genfast's CUDA kernel is a SIMT implicit GEMM without them (not
     measured here: no GPU; time it with GENFAST_AUTOTUNE=1, the default).
@@ -336,7 +347,7 @@ def heuristic_algorithm(phase: str, device_type: str, dtype: torch.dtype, input_
         raise ValueError(f"masked_conv2d: phase must be one of {PHASES}, got {phase!r}")
     if device_type == "cuda":
         order = ("decomposed", "dense", "live_tap")
-    elif phase == "grad_weight":
+    elif phase == "grad_weight" and not _cpu_has_avx512():
         order = ("decomposed", "live_tap", "dense")
     else:
         order = ("live_tap", "dense", "decomposed")
