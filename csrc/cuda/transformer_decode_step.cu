@@ -562,14 +562,17 @@ __global__ void __launch_bounds__(kGridThreads, 1) transformer_decode_grid_kerne
           break;
         }
         case kDecodeAttention: attention_item(p, l, seq0, it.column0, shared, sh); break;
-        case kDecodeOut: {
-          stage_rows(p, p.context, D, seq0, rows, false, false, no_norm, no_norm, shared, sh);
-          const T* bias = w.out_bias + l * D;
-          tile_gemv(shared, rows, D, w.out_weight + int64_t(l) * D * D, D, it.column0, sh,
-                    [&](int r, int col, T sum) {
-                      T* x = p.x + int64_t(seq0 + r) * D + col;
-                      *x = *x + (sum + __ldg(bias + col));
-                    });
+        case kDecodeOut:
+        case kDecodeMlp2: {  // x += input W + b: the attention's output projection, or MLP 2
+          const bool out = it.kind == kDecodeOut;
+          const int K = out ? D : M;
+          stage_rows(p, out ? p.context : p.hidden, K, seq0, rows, false, false, no_norm, no_norm, shared, sh);
+          const T* bias = out ? w.out_bias + l * D : w.mlp_bias2 + l * D;
+          const T* weight = out ? w.out_weight + int64_t(l) * D * D : w.mlp_weight2 + int64_t(l) * M * D;
+          tile_gemv(shared, rows, K, weight, D, it.column0, sh, [&](int r, int col, T sum) {
+            T* x = p.x + int64_t(seq0 + r) * D + col;
+            *x = *x + (sum + __ldg(bias + col));
+          });
           break;
         }
         case kDecodeMlp1: {
@@ -578,16 +581,6 @@ __global__ void __launch_bounds__(kGridThreads, 1) transformer_decode_grid_kerne
           tile_gemv(shared, rows, D, w.mlp_weight1 + int64_t(l) * D * M, M, it.column0, sh,
                     [&](int r, int col, T sum) {
                       p.hidden[int64_t(seq0 + r) * M + col] = gelu_value(sum + __ldg(bias + col));
-                    });
-          break;
-        }
-        case kDecodeMlp2: {
-          stage_rows(p, p.hidden, M, seq0, rows, false, false, no_norm, no_norm, shared, sh);
-          const T* bias = w.mlp_bias2 + l * D;
-          tile_gemv(shared, rows, M, w.mlp_weight2 + int64_t(l) * M * D, D, it.column0, sh,
-                    [&](int r, int col, T sum) {
-                      T* x = p.x + int64_t(seq0 + r) * D + col;
-                      *x = *x + (sum + __ldg(bias + col));
                     });
           break;
         }
