@@ -41,4 +41,4 @@ def assert_half_matches_float(op, reference, x: torch.Tensor) -> None:
     up = torch.randn_like(out)
     (dx,) = torch.autograd.grad(out, x, up)
     (ref_dx,) = torch.autograd.grad(ref, x, up.float())
-    torch.testing.assert_close(dx.float(), ref_dx, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(dx.float(), ref_dx.float(), rtol=2e-2, atol=2e-2)
