@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
 import genfast
+
+# poisoned_allocations turns on deterministic mode, in which any cuBLAS matmul on CUDA
+# (the references of the row and step ops call some) raises unless cuBLAS has a
+# deterministic workspace. torch reads this once, at the process's first matmul.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 HAS_EXT = genfast.BUILD_INFO is not None and genfast._backend.kernel_unavailable_reason("cpu") is None
 HAS_CUDA_EXT = HAS_EXT and genfast.BUILD_INFO["with_cuda"] and torch.cuda.is_available()
