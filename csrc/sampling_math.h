@@ -181,4 +181,18 @@ GENFAST_HOST_DEVICE inline int64_t filtered_level(const double* kept_weight, int
   return last_kept;
 }
 
+// The whole filter after ranking: keeps filtered_rank_count's prefix of `order`, copies
+// those levels' weights into kept_weight (all zeros on entry) and draws by filtered_level.
+GENFAST_HOST_DEVICE inline int64_t filtered_draw_ranked(const double* w, const int32_t* order, int64_t levels,
+                                                        int64_t top_k, double top_p, double u,
+                                                        double* kept_weight) {
+  const int64_t kept = filtered_rank_count(w, order, levels, top_k, top_p);
+  int64_t last_kept = 0;
+  for (int64_t r = 0; r < kept; ++r) {
+    kept_weight[order[r]] = w[order[r]];
+    last_kept = last_kept > order[r] ? last_kept : order[r];
+  }
+  return filtered_level(kept_weight, levels, u, last_kept);
+}
+
 }  // namespace genfast

@@ -85,14 +85,8 @@ int64_t draw_filtered(const T* logits, int64_t V, double u, double temperature, 
   } else {
     std::partial_sort(order, order + k, order + V, before);
   }
-  const int64_t kept = filtered_rank_count(w, order, V, k, top_p);
   std::fill(cdf, cdf + V, 0.0);
-  int64_t last_kept = 0;
-  for (int64_t r = 0; r < kept; ++r) {
-    cdf[order[r]] = w[order[r]];
-    last_kept = std::max<int64_t>(last_kept, order[r]);
-  }
-  return filtered_level(cdf, V, u, last_kept);
+  return filtered_draw_ranked(w, order, V, k, top_p, u, cdf);
 }
 
 template <typename T>

@@ -211,13 +211,7 @@ __global__ void __launch_bounds__(kThreads) transformer_decode_step_kernel(const
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    const int64_t kept = filtered_rank_count(weight, order, V, p.top_k, p.top_p);
-    int64_t last_kept = 0;
-    for (int64_t r = 0; r < kept; ++r) {
-      kept_weight[order[r]] = weight[order[r]];
-      last_kept = max(last_kept, static_cast<int64_t>(order[r]));
-    }
-    p.drawn[b] = filtered_level(kept_weight, V, p.uniforms[b], last_kept);
+    p.drawn[b] = filtered_draw_ranked(weight, order, V, p.top_k, p.top_p, p.uniforms[b], kept_weight);
   }
 }
 
@@ -485,13 +479,7 @@ __device__ void draw_item(const GridParams<T>& p, int b, GridShared<T>& sh) {
   __syncthreads();
   if (filtered) {
     if (threadIdx.x == 0) {
-      const int64_t kept = filtered_rank_count(weight, order, V, p.top_k, p.top_p);
-      int64_t last_kept = 0;
-      for (int64_t r = 0; r < kept; ++r) {
-        kept_weight[order[r]] = weight[order[r]];
-        last_kept = max(last_kept, static_cast<int64_t>(order[r]));
-      }
-      p.drawn[b] = filtered_level(kept_weight, V, p.uniforms[b], last_kept);
+      p.drawn[b] = filtered_draw_ranked(weight, order, V, p.top_k, p.top_p, p.uniforms[b], kept_weight);
     }
     __syncthreads();
     return;
