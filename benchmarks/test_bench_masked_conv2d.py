@@ -4,7 +4,8 @@ shifted dense convolutions (the masked kernel split into dense sub-kernels), and
 genfast's own algorithms one by one (live_tap, decomposed, dense) next to
 algorithm="auto", which should be within a few percent of the fastest of them. Each
 genfast row records in extra_info["algorithms"] what ran per phase (for "auto": what the
-autotuner chose on this machine)."""
+autotuner chose on this machine). Each layer runs on NCHW and on channels-last
+activations (every peer in the same layout; PixelCNN runs channels-last on the CPU)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,8 @@ def dtypes(device):
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}-{}to{}-{}x{}{}".format(c[0], c[1], c[2], c[3], c[3], c[4]))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_masked_conv2d(benchmark, bench_device, quick, impl, mode, case, dtype):
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_masked_conv2d(benchmark, bench_device, quick, impl, mode, case, dtype, layout):
     if quick and case not in QUICK_CASES:
         pytest.skip("not in --quick")
     if dtype not in dtypes(bench_device):
@@ -72,6 +74,8 @@ def test_masked_conv2d(benchmark, bench_device, quick, impl, mode, case, dtype):
     x = torch.randn(batch, cin, 32, 32, generator=gen).to(bench_device, dtype)
     w = (torch.randn(cout, cin, k, k, generator=gen) / (cin * k * k) ** 0.5).to(bench_device, dtype)
     b = torch.randn(cout, generator=gen).to(bench_device, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     fn = IMPLS[impl]
     if mode == "fwd":
         def step():
@@ -85,7 +89,8 @@ def test_masked_conv2d(benchmark, bench_device, quick, impl, mode, case, dtype):
             torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
     torch.testing.assert_close(fn(x, w, b, mask_type), masked_conv2d_reference(x, w, b, mask_type=mask_type),
                                rtol=2e-2, atol=2e-2)  # every peer computes the same layer
-    group = f"masked_conv2d {mode} b{batch} {cin}->{cout} {k}x{k}{mask_type} 32x32 {str(dtype)[6:]} {bench_device}"
+    group = (f"masked_conv2d {mode} b{batch} {cin}->{cout} {k}x{k}{mask_type} 32x32 {str(dtype)[6:]} "
+             f"{layout} {bench_device}")
     record(benchmark, group, impl, baseline=impl == "F.conv2d(weight*mask)")
     if bench_device == "cuda":
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()

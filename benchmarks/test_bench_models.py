@@ -1,9 +1,12 @@
 """PixelCNN and Gated PixelCNN: a training step (forward + backward) with genfast's
 masked layers against the same model whose masked layers run F.conv2d(weight * mask)
-(impl="reference", what public PixelCNNs do; the baseline). genfast's layers run
-algorithm="auto" (the autotuner's choice per layer and phase; extra_info["algorithms"]
-counts what it chose) and, for comparison, the live-tap kernels only. Sampling is measured in
-test_bench_gated_pixelcnn_row.py and test_bench_pixelcnn_row.py."""
+(impl="reference") on NCHW activations, what public PixelCNNs do: the baseline. genfast's
+layers run algorithm="auto" (the autotuner's choice per layer and phase; extra_info["algorithms"]
+counts what it chose) and, for comparison, the live-tap kernels only. PixelCNN's activations
+are channels-last on the CPU by default (memory_format="auto"), so two more rows separate
+the layout's share from the layers': genfast on NCHW, and the weight*mask model run
+channels-last as well (a peer any user can get by converting their model). Sampling is
+measured in test_bench_gated_pixelcnn_row.py and test_bench_pixelcnn_row.py."""
 from collections import Counter
 
 import pytest
@@ -22,9 +25,13 @@ TRAIN_CASES = [
     ("gated-pixelcnn", 3, 32, dict(hidden_channels=96, num_layers=8, kernel_size=5), 8),
 ]
 QUICK_TRAIN_CASES = TRAIN_CASES[:2]
-# name -> (impl, algorithm of every masked layer)
-IMPLS = {"genfast": ("auto", "auto"), "genfast live_tap only": ("ext", "live_tap"),
-         "F.conv2d(weight*mask)": ("reference", "auto")}
+# name -> (impl, algorithm of every masked layer, memory_format; None: the model's default,
+# for models without the option)
+IMPLS = {"genfast": ("auto", "auto", None), "genfast live_tap only": ("ext", "live_tap", None),
+         "genfast NCHW": ("auto", "auto", "contiguous"),
+         "F.conv2d(weight*mask)": ("reference", "auto", "contiguous"),
+         "F.conv2d(weight*mask) channels_last": ("reference", "auto", "channels_last")}
+HAS_MEMORY_FORMAT = {"pixelcnn"}
 MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
 
 
@@ -32,8 +39,10 @@ def case_id(case):
     return f"{case[0]}-{case[1]}x{case[2]}"
 
 
-def build(name, channels, side, config, levels, impl, algorithm, device):
+def build(name, channels, side, config, levels, impl, algorithm, memory_format, device):
     torch.manual_seed(0)
+    if name in HAS_MEMORY_FORMAT and memory_format is not None:
+        config = dict(config, memory_format=memory_format)
     model = MODELS[name](image_channels=channels, levels=levels, image_size=side, impl=impl, **config)
     for module in model.modules():
         if isinstance(module, MaskedConv2d):
@@ -52,6 +61,9 @@ def test_train_step(benchmark, bench_device, quick, impl, case):
     if quick and case not in QUICK_TRAIN_CASES:
         pytest.skip("not in --quick")
     name, channels, side, config, batch = case
+    if IMPLS[impl][2] not in (None, "contiguous") or impl == "genfast NCHW":
+        if name not in HAS_MEMORY_FORMAT:
+            pytest.skip(f"{name} runs NCHW only (no memory_format option): the other rows cover it")
     model = build(name, channels, side, config, 256, *IMPLS[impl], bench_device)
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (batch, channels, side, side), generator=gen).to(bench_device)

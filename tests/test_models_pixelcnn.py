@@ -69,3 +69,28 @@ def test_ext_matches_reference():
     model.set_impl("reference")(x).square().mean().backward()
     for got, want in zip(grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_memory_format_changes_only_the_layout(impl, channels):
+    # Channels-last activations (the CPU default) give the NCHW model's loss and gradients.
+    torch.manual_seed(4)
+    x = torch.randint(0, 8, (2, channels, 6, 7))
+    results = []
+    for fmt in ("contiguous", "channels_last", "auto"):
+        torch.manual_seed(5)
+        model = PixelCNN(image_channels=channels, levels=8, hidden_channels=6, num_blocks=2, impl=impl,
+                         memory_format=fmt).double()
+        assert PixelCNN(**model.config).config == model.config
+        loss = model.loss(x)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_memory_format():
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        PixelCNN(memory_format="nhwc")

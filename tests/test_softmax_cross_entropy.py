@@ -66,6 +66,23 @@ def test_float32_against_float64(device, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_model_logits_float32(device, channels):
+    # A channels-last model's head (N, C * L, H, W) seen as (N, L, C, H, W): the classes
+    # are contiguous per position (grey: read in place by the vectorised row loops).
+    out = torch.randn(2, channels * 256, 5, 7, device=device).mul(4).contiguous(memory_format=torch.channels_last)
+    logits = out.view(2, channels, 256, 5, 7).transpose(1, 2).requires_grad_()
+    target = torch.randint(0, 256, (2, channels, 5, 7), device=device)
+    loss = softmax_cross_entropy(logits, target, "none", impl="ext")
+    ref = F.cross_entropy(logits.double(), target, reduction="none")
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=2e-6)
+    up = torch.rand_like(ref)
+    (grad,) = torch.autograd.grad(loss, logits, up.float())
+    (ref_grad,) = torch.autograd.grad(ref, logits, up)  # float64 math, cast to float32 at the leaf
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_image_model_layout_is_read_in_place(device):
     # (N, L, C, H, W) as the models make it: the kernels read it without a copy and
     # the gradient comes back in the same layout.

@@ -3,7 +3,9 @@
 // taps cost neither memory traffic nor multiplications. Float32 on AVX-512 CPUs
 // runs live_tap_gemm.cpp (gather fused into the GEMM's packing; the weight gradient
 // reads the image planes in place, no gather); other cases gather
-// a column matrix per sample and call at::mm.
+// a column matrix per sample and call at::mm. Channels-last float32 tensors on AVX-512
+// CPUs run live_tap_nhwc.cpp in place; other channels-last tensors are computed on a
+// contiguous copy and the result is returned channels-last (is_channels_last).
 #include <algorithm>
 #include <cstring>
 
@@ -13,6 +15,7 @@
 
 #include "../masked_conv2d.h"
 #include "live_tap_gemm.h"
+#include "live_tap_nhwc.h"
 
 namespace genfast {
 namespace {
@@ -87,13 +90,42 @@ at::Tensor gather_gemm(const at::Tensor& src, const at::Tensor& matrix,
   return out;
 }
 
+bool nhwc_kernel(const at::Tensor& t) {
+  return is_channels_last(t) && t.scalar_type() == at::kFloat && cpu::live_tap_gemm_supported();
+}
+
+// The NHWC kernels' per-tap matrices (T, K, M) from pack_live_weight's (C_out, C_in * T):
+// (T, C_in, C_out) for the forward, (T, C_out, C_in) for the input gradient.
+at::Tensor tap_matrices(const at::Tensor& weight, const LiveTaps& taps, bool transposed) {
+  const auto live = pack_live_weight(weight, taps).view({weight.size(0), weight.size(1), taps.count});
+  return (transposed ? live.permute({2, 0, 1}) : live.permute({2, 1, 0})).contiguous();
+}
+
+// live_tap_nhwc on a channels-last src (N, K, H, W) with mats (T, K, M): (N, M, H, W)
+// channels-last.
+at::Tensor nhwc_gemm(const at::Tensor& src, const at::Tensor& mats,
+                     const c10::optional<at::Tensor>& bias, const LiveTaps& taps, int sign) {
+  const int64_t m = mats.size(2);
+  if (taps.count == 0) {
+    return output_without_live_taps(src, m, bias).contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const int64_t n = src.size(0), k = src.size(1), h = src.size(2), w = src.size(3);
+  auto out = at::empty({n, m, h, w}, src.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const auto bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  cpu::live_tap_nhwc(src.const_data_ptr<float>(), n, h, w, k, mats.const_data_ptr<float>(), m,
+                     bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr, taps, sign,
+                     out.mutable_data_ptr<float>());
+  return out;
+}
+
 at::Tensor masked_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef dilation,
                              c10::string_view mask_type, int64_t color_groups) {
   const LiveTaps taps =
       check_masked_conv2d(input, weight, bias, dilation, mask_type, color_groups);
   check_cpu("masked_conv2d", input, "input");
-  return gather_gemm(input.contiguous(), pack_live_weight(weight, taps), bias, taps, +1);
+  if (nhwc_kernel(input)) return nhwc_gemm(input, tap_matrices(weight, taps, false), bias, taps, +1);
+  return in_layout_of(input, gather_gemm(input.contiguous(), pack_live_weight(weight, taps), bias, taps, +1));
 }
 
 // grad_input[c] = sum over o, t of W[o, c, t] * grad_output[o] shifted back by tap t.
@@ -103,8 +135,12 @@ at::Tensor masked_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at:
   const LiveTaps taps =
       check_masked_conv2d_grad_input(grad_output, weight, dilation, mask_type, color_groups);
   check_cpu("masked_conv2d_grad_input", grad_output, "grad_output");
-  return gather_gemm(grad_output.contiguous(), pack_live_weight_transposed(weight, taps),
-                     c10::nullopt, taps, -1);
+  if (nhwc_kernel(grad_output)) {
+    return nhwc_gemm(grad_output, tap_matrices(weight, taps, true), c10::nullopt, taps, -1);
+  }
+  return in_layout_of(grad_output, gather_gemm(grad_output.contiguous(),
+                                               pack_live_weight_transposed(weight, taps),
+                                               c10::nullopt, taps, -1));
 }
 
 // grad_weight (Cout, Cin * T) = sum over samples of grad_output[n] @ gather(input[n])^T.
@@ -114,6 +150,16 @@ at::Tensor masked_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at
   const LiveTaps taps = check_masked_conv2d_grad_weight(grad_output, input, kernel_size, dilation,
                                                         mask_type, color_groups);
   check_cpu("masked_conv2d_grad_weight", input, "input");
+  if (nhwc_kernel(input)) {
+    const int64_t in_c = input.size(1), out_c = grad_output.size(1);
+    const auto gy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+    auto per_tap = at::empty({taps.count, in_c, out_c}, input.options());
+    cpu::live_tap_nhwc_grad_weight(input.const_data_ptr<float>(), gy.const_data_ptr<float>(),
+                                   input.size(0), input.size(2), input.size(3), in_c, out_c, taps,
+                                   per_tap.mutable_data_ptr<float>());
+    return unpack_live_weight(per_tap.permute({2, 1, 0}).reshape({out_c, in_c * taps.count}),
+                              {out_c, in_c, kernel_size[0], kernel_size[1]}, taps);
+  }
   const auto x = input.contiguous();
   const int64_t n = x.size(0), in_c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t out_c = grad_output.size(1);

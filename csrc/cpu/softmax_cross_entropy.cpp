@@ -1,7 +1,8 @@
 // softmax_cross_entropy on the CPU. The logits are (outer, L, inner) memory: for each
 // outer index, blocks of up to kBlock inner positions are reduced over the L classes
 // (max, then the sum of exp) with the loops running across positions, so each class
-// row is read as contiguous vectors (plain (N, L) logits, inner = 1, get scalar loops).
+// row is read as contiguous vectors; with inner = 1 (plain (N, L) logits, channels-last
+// image logits) each position's classes are contiguous and are reduced as vectors.
 // Float blocks use fast_math.h's exp and are compiled for AVX-512, AVX2 and the
 // baseline (target_clones), so they vectorise.
 // The backward writes g * exp((x - max) - log_sum) over the same blocks, then subtracts g at
@@ -31,11 +32,37 @@ void check_targets(const at::Tensor& target, int64_t classes, const char* op) {
 }
 
 // Always inlined, so that each target_clones copy below compiles it for its ISA.
+// One position whose classes are contiguous (inner = 1).
+template <typename T>
+__attribute__((always_inline)) inline void forward_row(const T* x, int64_t t, int64_t classes, T* max_out,
+                                                       T* log_sum, T* loss) {
+  T max = -std::numeric_limits<T>::infinity(), sum = T(0);
+#pragma omp simd reduction(max : max)
+  for (int64_t c = 0; c < classes; ++c) max = x[c] > max ? x[c] : max;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < classes; ++c) sum += fast_exp(x[c] - max);
+  *max_out = max;
+  *log_sum = std::log(sum);
+  *loss = *log_sum + (max - x[t]);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void backward_row(const T* x, int64_t t, T g, T max, T log_sum,
+                                                        int64_t classes, T* __restrict__ grad) {
+#pragma omp simd
+  for (int64_t c = 0; c < classes; ++c) grad[c] = xent_grad(g, fast_exp((x[c] - max) - log_sum), false);
+  grad[t] -= g;
+}
+
 // One block of n <= kBlock positions: x points at its first logit of class 0, rows
 // `inner` apart. Writes max, log_sum and loss of the n positions (t: their targets).
 template <typename T>
 __attribute__((always_inline)) inline void forward_block(const T* x, const int64_t* t, int64_t classes, int64_t inner, int64_t n,
                           T* max_out, T* log_sum, T* loss) {
+  if (inner == 1) {
+    for (int64_t j = 0; j < n; ++j) forward_row(x + j * classes, t[j], classes, max_out + j, log_sum + j, loss + j);
+    return;
+  }
   T max[kBlock], sum[kBlock];  // local, so the compiler sees no aliasing with x
   for (int64_t j = 0; j < n; ++j) max[j] = -std::numeric_limits<T>::infinity(), sum[j] = T(0);
   for (int64_t c = 0; c < classes; ++c) {
@@ -60,6 +87,10 @@ __attribute__((always_inline)) inline void forward_block(const T* x, const int64
 template <typename T>
 __attribute__((always_inline)) inline void backward_block(const T* x, const int64_t* t, const T* g, const T* max, const T* log_sum,
                            int64_t classes, int64_t inner, int64_t n, T* grad) {
+  if (inner == 1) {
+    for (int64_t j = 0; j < n; ++j) backward_row(x + j * classes, t[j], g[j], max[j], log_sum[j], classes, grad + j * classes);
+    return;
+  }
   for (int64_t c = 0; c < classes; ++c) {
     const T* row = x + c * inner;
     T* __restrict__ out = grad + c * inner;

@@ -283,8 +283,8 @@ at::Tensor masked_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
   const LiveTaps taps = check_masked_conv2d(input, weight, bias, dilation, mask_type, color_groups);
   check_cuda("masked_conv2d", input, "input");
   const c10::cuda::CUDAGuard guard(input.device());
-  return launch_live_tap_gemm("masked_conv2d", pack_live_weight(weight, taps), bias,
-                              input.contiguous(), taps, +1);
+  return in_layout_of(input, launch_live_tap_gemm("masked_conv2d", pack_live_weight(weight, taps),
+                                                 bias, input.contiguous(), taps, +1));
 }
 
 // grad_input[c] = sum over o, t of W[o, c, t] * grad_output[o] shifted back by tap t.
@@ -295,8 +295,10 @@ at::Tensor masked_conv2d_grad_input_cuda(const at::Tensor& grad_output, const at
       check_masked_conv2d_grad_input(grad_output, weight, dilation, mask_type, color_groups);
   check_cuda("masked_conv2d_grad_input", grad_output, "grad_output");
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  return launch_live_tap_gemm("masked_conv2d_grad_input", pack_live_weight_transposed(weight, taps),
-                              c10::nullopt, grad_output.contiguous(), taps, -1);
+  return in_layout_of(grad_output,
+                      launch_live_tap_gemm("masked_conv2d_grad_input",
+                                           pack_live_weight_transposed(weight, taps), c10::nullopt,
+                                           grad_output.contiguous(), taps, -1));
 }
 
 at::Tensor masked_conv2d_grad_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,

@@ -49,6 +49,15 @@ def masked_weight(layer: nn.Conv2d, dtype: torch.dtype, device) -> torch.Tensor:
     return weight.to(device=device, dtype=dtype)
 
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def check_memory_format(value, model: str) -> str:
+    if value not in MEMORY_FORMATS:
+        raise ValueError(f"{model}: memory_format must be one of {MEMORY_FORMATS}, got {value!r}")
+    return value
+
+
 def positive_int(value, name: str, model: str) -> int:
     """value, checked to be a positive int (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -136,6 +145,18 @@ class AutoregressiveImageModel(nn.Module):
             if isinstance(module, MaskedConv2d):
                 module.impl = impl
         return self
+
+    def in_layout(self, h: torch.Tensor) -> torch.Tensor:
+        """h (N, C, H, W) in the memory layout the model runs its layers in (its
+        `memory_format`, set by subclasses that offer it): channels-last for
+        "channels_last", and for "auto" on the CPU, where oneDNN's 1x1 convolutions and
+        genfast's live-tap kernels both run fastest on it (docs/masked-conv-algorithms.md);
+        contiguous otherwise (on CUDA "auto" keeps NCHW: not measured on a GPU yet)."""
+        fmt = getattr(self, "memory_format", "contiguous")
+        if fmt == "auto":
+            fmt = "channels_last" if h.device.type == "cpu" else "contiguous"
+        return h.contiguous(memory_format=torch.channels_last if fmt == "channels_last"
+                            else torch.contiguous_format)
 
     def _compute_dtype(self, device: torch.device) -> torch.dtype:
         if torch.is_autocast_enabled(device.type):

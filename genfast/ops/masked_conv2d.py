@@ -368,9 +368,7 @@ def _check_algorithm(algorithm):
 def _memory_format(t: torch.Tensor) -> str:
     if t.is_contiguous():
         return "contiguous"
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return "channels_last"
-    return "strided"
+    return "channels_last" if _is_channels_last(t) else "strided"
 
 
 def _base_key(input, weight, mask_type, color_groups, dilation) -> tuple:
@@ -534,15 +532,26 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                                        algorithms)
 
 
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """The kernels' layout rule (csrc/masked_conv2d.h is_channels_last): results are
+    channels-last when their main input is channels-last and not also contiguous."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _empty_like_layout(like: torch.Tensor, shape) -> torch.Tensor:
+    out = like.new_empty(shape)
+    return out.contiguous(memory_format=torch.channels_last) if _is_channels_last(like) else out
+
+
 @OP.register_fake()
 def _(input, weight, bias, dilation, mask_type, color_groups):
-    return input.new_empty((input.shape[0], weight.shape[0], input.shape[2], input.shape[3]))
+    return _empty_like_layout(input, (input.shape[0], weight.shape[0], input.shape[2], input.shape[3]))
 
 
 @OP.register_fake("masked_conv2d_grad_input")
 def _(grad_output, weight, dilation, mask_type, color_groups):
     shape = (grad_output.shape[0], weight.shape[1], grad_output.shape[2], grad_output.shape[3])
-    return grad_output.new_empty(shape)
+    return _empty_like_layout(grad_output, shape)
 
 
 @OP.register_fake("masked_conv2d_grad_weight")
