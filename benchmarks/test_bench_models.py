@@ -2,7 +2,7 @@
 masked layers against the same model whose masked layers run F.conv2d(weight * mask)
 (impl="reference") on NCHW activations, what public PixelCNNs do: the baseline. genfast's
 layers run algorithm="auto" (the autotuner's choice per layer and phase; extra_info["algorithms"]
-counts what it chose) and, for comparison, the live-tap kernels only. PixelCNN's activations
+counts what it chose) and, for comparison, the live-tap kernels only. The models' activations
 are channels-last on the CPU by default (memory_format="auto"), so two more rows separate
 the layout's share from the layers': genfast on NCHW, and the weight*mask model run
 channels-last as well (a peer any user can get by converting their model). Sampling is
@@ -31,7 +31,7 @@ IMPLS = {"genfast": ("auto", "auto", None), "genfast live_tap only": ("ext", "li
          "genfast NCHW": ("auto", "auto", "contiguous"),
          "F.conv2d(weight*mask)": ("reference", "auto", "contiguous"),
          "F.conv2d(weight*mask) channels_last": ("reference", "auto", "channels_last")}
-HAS_MEMORY_FORMAT = {"pixelcnn"}
+HAS_MEMORY_FORMAT = {"pixelcnn", "gated-pixelcnn"}
 MODELS = {"pixelcnn": PixelCNN, "gated-pixelcnn": GatedPixelCNN}
 
 

@@ -2,7 +2,9 @@
 // PixelCNN / WaveNet, out = tanh(a) * sigmoid(b), where the input x (N, 2C, ...) holds
 // `groups` channel blocks per sample, each its a half then its b half (colour group g of
 // an RGB model owns block g). Seen as (N * groups, 2, S), S = C / groups * spatial
-// size, x is contiguous and out is (N * groups, S).
+// size, x is contiguous and out is (N * groups, S). A channels-last 4-D x (layout.h) is
+// the same blocks with S = C / groups per pixel, read in place; the results then are
+// channels-last too.
 // The backward recomputes tanh and sigmoid from x (nothing else is saved).
 #pragma once
 
@@ -12,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "common.h"
+#include "layout.h"
 
 namespace genfast {
 
@@ -37,6 +40,14 @@ GENFAST_HOST_DEVICE inline void gate_grads(T g, T t, T s, T& grad_a, T& grad_b) 
 int64_t check_gated_activation(const at::Tensor& x, int64_t groups);
 int64_t check_gated_activation_backward(const at::Tensor& grad_output, const at::Tensor& x,
                                         int64_t groups);
+// x as the kernels read it, (outer, 2, half) blocks: channels-last x in place (half =
+// C / groups), any other layout made contiguous (half = S). After the argument checks.
+struct GateBlocks {
+  at::Tensor x;
+  int64_t half;
+  at::MemoryFormat format;  // of x and of the results
+};
+GateBlocks gated_activation_blocks(const at::Tensor& x, int64_t groups);
 // The output shape: x's with half the channels.
 std::vector<int64_t> gated_activation_shape(const at::Tensor& x);
 

@@ -160,14 +160,6 @@ LiveTaps check_masked_conv2d_grad_weight(const at::Tensor& grad_output, const at
   return check_args(op, input, "input", weight_size, dilation, mask_type, color_groups);
 }
 
-bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-at::Tensor in_layout_of(const at::Tensor& like, const at::Tensor& result) {
-  return is_channels_last(like) ? result.contiguous(at::MemoryFormat::ChannelsLast) : result;
-}
-
 at::Tensor output_without_live_taps(const at::Tensor& like, int64_t channels,
                                     const c10::optional<at::Tensor>& bias) {
   auto out = at::zeros({like.size(0), channels, like.size(2), like.size(3)}, like.options());

@@ -6,6 +6,7 @@
 #include <c10/util/string_view.h>
 
 #include "common.h"
+#include "layout.h"  // the results take their main input's layout
 
 namespace genfast {
 
@@ -48,13 +49,6 @@ LiveTaps check_masked_conv2d_grad_input(const at::Tensor& grad_output, const at:
 LiveTaps check_masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                          at::IntArrayRef kernel_size, at::IntArrayRef dilation,
                                          c10::string_view mask_type, int64_t color_groups);
-
-// The ops' results take their main input's layout, as ATen's convolutions do:
-// channels-last when it is channels-last (and not also contiguous: one channel or one
-// pixel), else contiguous. genfast/ops/masked_conv2d.py's fake kernels apply the same rule.
-bool is_channels_last(const at::Tensor& t);
-// A result computed on contiguous tensors, in the layout that rule gives for `like`.
-at::Tensor in_layout_of(const at::Tensor& like, const at::Tensor& result);
 
 // The result when no tap is live (1x1 mask 'A' with one colour group): each
 // output pixel is its bias, or zero; the gradients are zero.

@@ -105,6 +105,31 @@ def test_opcheck(dtype):
     torch.library.opcheck(torch.ops.genfast.gated_activation_backward.default, (grad, x.detach(), 2))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_channels_last_is_read_in_place(device, dtype, groups, poisoned_allocations):
+    # A channels-last x is read in place (one pixel's group blocks); the output and the
+    # gradient come back channels-last (the layout rule of csrc/layout.h).
+    gen = torch.Generator().manual_seed(groups)
+    x = (3 * torch.randn(2, 2 * groups * 5, 4, 7, generator=gen, dtype=torch.float64)).to(device)
+    cl = x.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = gated_activation(cl, groups, impl="ext")
+    ref = gated_activation_reference(x.requires_grad_(), groups)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    up = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device)
+    (grad,) = torch.autograd.grad(out, cl, up.to(dtype).contiguous(memory_format=torch.channels_last))
+    (ref_grad,) = torch.autograd.grad(ref, x, up)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grad.double(), ref_grad, **tol)
+    if device == "cpu":
+        torch.library.opcheck(torch.ops.genfast.gated_activation.default, (cl, groups))
+        torch.library.opcheck(torch.ops.genfast.gated_activation_backward.default,
+                              (up.to(dtype).contiguous(memory_format=torch.channels_last), cl.detach(), groups))
+
+
 @requires_ext
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()

@@ -5,7 +5,7 @@ import torch
 from conftest import requires_ext
 from test_models_gated_pixelcnn import IMPLS, input_gradients, raster_order
 
-from genfast.models import PixelCNN
+from genfast.models import GatedPixelCNN, PixelCNN
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -71,18 +71,23 @@ def test_ext_matches_reference():
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
+LAYOUT_MODELS = {"pixelcnn": (PixelCNN, dict(hidden_channels=6, num_blocks=2)),
+                 "gated": (GatedPixelCNN, dict(hidden_channels=6, num_layers=3, kernel_size=3))}
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_memory_format_changes_only_the_layout(impl, channels):
+@pytest.mark.parametrize("name", list(LAYOUT_MODELS))
+def test_memory_format_changes_only_the_layout(impl, channels, name):
     # Channels-last activations (the CPU default) give the NCHW model's loss and gradients.
+    cls, config = LAYOUT_MODELS[name]
     torch.manual_seed(4)
     x = torch.randint(0, 8, (2, channels, 6, 7))
     results = []
     for fmt in ("contiguous", "channels_last", "auto"):
         torch.manual_seed(5)
-        model = PixelCNN(image_channels=channels, levels=8, hidden_channels=6, num_blocks=2, impl=impl,
-                         memory_format=fmt).double()
-        assert PixelCNN(**model.config).config == model.config
+        model = cls(image_channels=channels, levels=8, impl=impl, memory_format=fmt, **config).double()
+        assert cls(**model.config).config == model.config
         loss = model.loss(x)
         loss.backward()
         results.append([loss.detach()] + [p.grad for p in model.parameters()])
@@ -91,6 +96,7 @@ def test_memory_format_changes_only_the_layout(impl, channels):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_bad_memory_format():
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN])
+def test_bad_memory_format(cls):
     with pytest.raises(ValueError, match="memory_format must be one of"):
-        PixelCNN(memory_format="nhwc")
+        cls(memory_format="nhwc")

@@ -40,12 +40,14 @@ inline auto backward_fn(float) { return &backward_f32; }
 inline auto backward_fn(double) { return &backward_run<double>; }
 
 at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
-  const int64_t half = check_gated_activation(x_in, groups);
+  check_gated_activation(x_in, groups);
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "gated_activation: the CPU kernel supports float32 and float64 x, got ", x_in.scalar_type());
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), "gated_activation: x must be a CPU tensor, got ", x_in.device());
-  const auto x = x_in.contiguous();
-  auto out = at::empty(gated_activation_shape(x), x.options());
+  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto& x = blocks.x;
+  const int64_t half = blocks.half;
+  auto out = at::empty(gated_activation_shape(x), x.options().memory_format(blocks.format));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_activation_cpu", [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
@@ -62,14 +64,16 @@ at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
 
 at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                          int64_t groups) {
-  const int64_t half = check_gated_activation_backward(grad_in, x_in, groups);
+  check_gated_activation_backward(grad_in, x_in, groups);
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "gated_activation_backward: the CPU kernel supports float32 and float64 x, got ", x_in.scalar_type());
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), "gated_activation_backward: x must be a CPU tensor, got ",
               x_in.device());
-  const auto x = x_in.contiguous();
-  const auto grad = grad_in.contiguous();
-  auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto& x = blocks.x;
+  const int64_t half = blocks.half;
+  const auto grad = grad_in.contiguous(blocks.format);
+  auto grad_x = at::empty_like(x, blocks.format);
   if (x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_activation_backward_cpu", [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();

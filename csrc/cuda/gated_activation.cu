@@ -38,11 +38,13 @@ __global__ void gate_backward_kernel(const scalar_t* __restrict__ grad, const sc
 }
 
 at::Tensor gated_activation_cuda(const at::Tensor& x_in, int64_t groups) {
-  const int64_t half = check_gated_activation(x_in, groups);
+  check_gated_activation(x_in, groups);
   TORCH_CHECK_VALUE(x_in.is_cuda(), "gated_activation: x must be a CUDA tensor, got ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto x = x_in.contiguous();
-  auto out = at::empty(gated_activation_shape(x), x.options());
+  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto& x = blocks.x;
+  const int64_t half = blocks.half;
+  auto out = at::empty(gated_activation_shape(x), x.options().memory_format(blocks.format));
   const int64_t n = out.numel();
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gated_activation_cuda", [&] {
@@ -57,12 +59,14 @@ at::Tensor gated_activation_cuda(const at::Tensor& x_in, int64_t groups) {
 
 at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                           int64_t groups) {
-  const int64_t half = check_gated_activation_backward(grad_in, x_in, groups);
+  check_gated_activation_backward(grad_in, x_in, groups);
   TORCH_CHECK_VALUE(x_in.is_cuda(), "gated_activation_backward: x must be a CUDA tensor, got ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto x = x_in.contiguous();
-  const auto grad = grad_in.contiguous();
-  auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto& x = blocks.x;
+  const int64_t half = blocks.half;
+  const auto grad = grad_in.contiguous(blocks.format);
+  auto grad_x = at::empty_like(x, blocks.format);
   const int64_t n = grad.numel();
   if (n == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gated_activation_backward_cuda", [&] {

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genfast.models._compat import renamed_keywords
-from genfast.models.autoregressive_image import AutoregressiveImageModel, masked_weight, pointwise, run_masked
+from genfast.models.autoregressive_image import (AutoregressiveImageModel, check_memory_format, masked_weight,
+                                                pointwise, run_masked)
 from genfast.nn import MaskedConv2d
 from genfast.ops.gated_activation import gated_activation
 from genfast.ops.gated_pixelcnn_row import GatedRowWeights, gated_pixelcnn_row
@@ -125,13 +126,15 @@ class GatedPixelCNN(AutoregressiveImageModel):
     cond_channels: channels of a spatial conditioning map (N, cond_channels, H, W) given
     as `cond`, at the image's resolution (0 for none); embedding_dim: learned level embeddings instead of scaled
     levels at the input; image_size: the default size of `sample`;
-    impl: "auto" | "ext" | "reference" for every masked layer.
+    impl: "auto" | "ext" | "reference" for every masked layer; memory_format: "auto"
+    (channels-last activations on the CPU, NCHW on CUDA), "channels_last" or "contiguous"
+    (the layout of the activations between layers; the results are the same).
     """
 
     def __init__(self, *, image_channels: int = 1, levels: int = 256, hidden_channels: int = 64,
                  num_layers: int = 8, kernel_size: int = 5, num_classes: int | None = None,
                  cond_channels: int = 0, embedding_dim: int | None = None, image_size=28,
-                 impl: str = "auto", **deprecated):
+                 impl: str = "auto", memory_format: str = "auto", **deprecated):
         if deprecated:
             hidden_channels = renamed_keywords("GatedPixelCNN", deprecated,
                                                {"hidden_channels": hidden_channels})["hidden_channels"]
@@ -149,6 +152,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
             raise ValueError(f"GatedPixelCNN: kernel_size must be odd and between 3 and "
                              f"{MAX_KERNEL_SIZE}, got {kernel_size!r}")
         self.hidden_channels, self.num_layers, self.kernel_size = hidden, num_layers, kernel_size
+        self.memory_format = check_memory_format(memory_format, "GatedPixelCNN")
         self.layers = nn.ModuleList(
             GatedLayer(self.input_channels if i == 0 else hidden, hidden, kernel_size, i == 0,
                        i == num_layers - 1, self.color_groups, num_classes, cond_channels, impl)
@@ -162,13 +166,16 @@ class GatedPixelCNN(AutoregressiveImageModel):
                     hidden_channels=self.hidden_channels,
                     num_layers=self.num_layers, kernel_size=self.kernel_size,
                     num_classes=self.num_classes, cond_channels=self.cond_channels,
-                    embedding_dim=self.embedding_dim, image_size=self.image_size, impl=self.impl)
+                    embedding_dim=self.embedding_dim, image_size=self.image_size, impl=self.impl,
+                    memory_format=self.memory_format)
 
     def logits(self, features, labels=None, cond=None, *, last_row_only=False):
         v = h = features
         skips = None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             v, h, skip = layer(v, h, labels, cond)
+            if i == 0 and v is not None:  # the image's 1-3 channels have no layout to speak of
+                v, h = self.in_layout(v), self.in_layout(h)
             skips = skip if skips is None else skips + skip
         if last_row_only:
             skips = skips[:, :, -1:]

@@ -32,6 +32,8 @@ from typing import Callable
 
 import torch
 
+from genfast.ops._layout import empty_in_layout
+
 from genfast import _backend
 
 
@@ -78,10 +80,11 @@ class OpEntry:
             return backward
         return register
 
-    def register_elementwise_backward(self, backward_op: str) -> None:
+    def register_elementwise_backward(self, backward_op: str, *, keeps_channels_last: bool = False) -> None:
         """The fake kernel of backward_op and the op's autograd formula, for an op whose
         first argument x is its only tensor and whose backward op takes (grad_output,
-        x, *the other arguments) and returns grad_x contiguous (the elementwise ops:
+        x, *the other arguments) and returns grad_x contiguous, or in x's layout
+        (genfast/ops/_layout.py) with keeps_channels_last (the elementwise ops:
         gated_activation, concat_elu). Saves x alone."""
         def setup(ctx, inputs, output):
             ctx.save_for_backward(inputs[0])
@@ -95,6 +98,8 @@ class OpEntry:
 
         @self.register_fake(backward_op)
         def _(grad_output, x, *arguments):
+            if keeps_channels_last:
+                return empty_in_layout(x, x.shape)
             return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from genfast.ops._checks import check_float_tensor
+from genfast.ops._layout import empty_in_layout
 from genfast.ops._registry import register_op
 
 KERNEL_DTYPES = {
@@ -54,7 +55,7 @@ def gated_activation(x: torch.Tensor, groups: int = 1, *, impl: str = "auto") ->
 
 @OP.register_fake()
 def _(x, groups):
-    return x.new_empty((x.shape[0], x.shape[1] // 2, *x.shape[2:]))
+    return empty_in_layout(x, (x.shape[0], x.shape[1] // 2, *x.shape[2:]))
 
 
-OP.register_elementwise_backward("gated_activation_backward")
+OP.register_elementwise_backward("gated_activation_backward", keeps_channels_last=True)

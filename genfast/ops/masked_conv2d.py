@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from genfast import _backend
 from genfast.ops import _autotune
+from genfast.ops._layout import empty_in_layout, is_channels_last
 from genfast.ops._registry import register_op
 
 MASK_TYPES = ("A", "B")
@@ -368,7 +369,7 @@ def _check_algorithm(algorithm):
 def _memory_format(t: torch.Tensor) -> str:
     if t.is_contiguous():
         return "contiguous"
-    return "channels_last" if _is_channels_last(t) else "strided"
+    return "channels_last" if is_channels_last(t) else "strided"
 
 
 def _base_key(input, weight, mask_type, color_groups, dilation) -> tuple:
@@ -532,26 +533,15 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                                        algorithms)
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
-    """The kernels' layout rule (csrc/masked_conv2d.h is_channels_last): results are
-    channels-last when their main input is channels-last and not also contiguous."""
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def _empty_like_layout(like: torch.Tensor, shape) -> torch.Tensor:
-    out = like.new_empty(shape)
-    return out.contiguous(memory_format=torch.channels_last) if _is_channels_last(like) else out
-
-
 @OP.register_fake()
 def _(input, weight, bias, dilation, mask_type, color_groups):
-    return _empty_like_layout(input, (input.shape[0], weight.shape[0], input.shape[2], input.shape[3]))
+    return empty_in_layout(input, (input.shape[0], weight.shape[0], input.shape[2], input.shape[3]))
 
 
 @OP.register_fake("masked_conv2d_grad_input")
 def _(grad_output, weight, dilation, mask_type, color_groups):
     shape = (grad_output.shape[0], weight.shape[1], grad_output.shape[2], grad_output.shape[3])
-    return _empty_like_layout(grad_output, shape)
+    return empty_in_layout(grad_output, shape)
 
 
 @OP.register_fake("masked_conv2d_grad_weight")
