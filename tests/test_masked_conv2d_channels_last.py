@@ -12,8 +12,9 @@ CL = torch.channels_last
 
 # (batch, in_c, out_c, kernel, mask, groups, dilation, height, width): the NHWC tiles are
 # 6 pixels (forward) or 6 input channels (weight gradient) x 64 output channels, the
-# last vector masked: widths and channel counts on both sides of those edges, more than
-# 64 output channels, taps past every edge, colour groups, dilation.
+# last vector masked, the forward's sum in blocks of up to 128 (tap, channel) rows:
+# widths and channel counts on both sides of those edges, more than 64 output channels,
+# taps past every edge, colour groups, dilation.
 CASES = [
     (2, 64, 64, (3, 3), "B", 1, (1, 1), 9, 11),
     (3, 5, 19, (5, 5), "A", 1, (1, 1), 7, 6),
@@ -26,6 +27,8 @@ CASES = [
     (1, 4, 4, (11, 11), "B", 1, (1, 1), 3, 2),  # kernel larger than the image
     (2, 5, 17, (3, 5), "A", 1, (2, 3), 7, 12),  # dilated taps past the image edge
     (2, 8, 1, (3, 3), "B", 1, (1, 1), 5, 7),    # one output channel
+    (2, 5, 7, (5, 1), "A", 1, (1, 1), 6, 4),    # rows above only: rows 0 / H-1 are the bias alone
+    (1, 140, 20, (3, 3), "B", 1, (1, 1), 3, 9),  # input channels in blocks of 128
 ]
 
 

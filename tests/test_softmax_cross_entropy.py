@@ -69,7 +69,8 @@ def test_float32_against_float64(device, seed):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_channels_last_model_logits_float32(device, channels):
     # A channels-last model's head (N, C * L, H, W) seen as (N, L, C, H, W): the classes
-    # are contiguous per position (grey: read in place by the vectorised row loops).
+    # are contiguous per position, read in place by the vectorised row loops (RGB: memory
+    # N, H, W, C, L, walked with the positions permuted); the gradient keeps the layout.
     out = torch.randn(2, channels * 256, 5, 7, device=device).mul(4).contiguous(memory_format=torch.channels_last)
     logits = out.view(2, channels, 256, 5, 7).transpose(1, 2).requires_grad_()
     target = torch.randint(0, 256, (2, channels, 5, 7), device=device)
@@ -80,6 +81,13 @@ def test_channels_last_model_logits_float32(device, channels):
     (grad,) = torch.autograd.grad(loss, logits, up.float())
     (ref_grad,) = torch.autograd.grad(ref, logits, up)  # float64 math, cast to float32 at the leaf
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    assert [s for s, n in zip(grad.stride(), grad.shape) if n > 1] == \
+           [s for s, n in zip(logits.stride(), logits.shape) if n > 1]
+    if device == "cpu":
+        torch.library.opcheck(torch.ops.genfast.softmax_cross_entropy.default, (logits, target))
+        _, mx, ls = torch.ops.genfast.softmax_cross_entropy(logits.detach(), target)
+        torch.library.opcheck(torch.ops.genfast.softmax_cross_entropy_backward.default,
+                              (up.float(), logits.detach(), target, mx, ls))
 
 
 @pytest.mark.parametrize("device", DEVICES)

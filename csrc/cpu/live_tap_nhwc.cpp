@@ -21,21 +21,24 @@ inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
 }
 
-// Forward / input-gradient tile: RB pixels x CB vectors of output channels.
-// px[q * kRows + r]: pixel r's K input channels at the q-th tap (a zero row where the
-// tap falls outside the image); wt[q]: that tap's (K, ldw) matrix at this tile's first
-// column. The last vector is stored under `last` (the channel tail).
+// Forward / input-gradient tile: RB pixels x CB vectors of output channels, summed over
+// k input channels of ntaps taps. px[q * kRows + r]: pixel r's input channels at the q-th
+// tap (a zero row where the tap falls outside the image); wt[q]: that tap's (k, ldw)
+// matrix at this tile's first column. Starts from out (accumulate) or the bias; the
+// last vector is loaded and stored under `last` (the channel tail).
 template <int RB, int CB>
 __attribute__((target("avx512f"))) void forward_tile(const float* const* px, const float* const* wt,
                                                      int ntaps, int64_t k, int64_t ldw,
-                                                     const float* bias, float* out, int64_t ldo,
-                                                     __mmask16 last) {
+                                                     const float* bias, bool accumulate, float* out,
+                                                     int64_t ldo, __mmask16 last) {
   __m512 acc[RB][CB];
 #pragma GCC unroll 8
   for (int v = 0; v < CB; ++v) {
+    const __mmask16 mask = v == CB - 1 ? last : __mmask16(0xFFFF);
     const __m512 b0 = bias != nullptr ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
 #pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r) acc[r][v] = b0;
+    for (int r = 0; r < RB; ++r)
+      acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(mask, out + r * ldo + 16 * v) : b0;
   }
   for (int q = 0; q < ntaps; ++q) {
     const float* p[RB];
@@ -62,7 +65,7 @@ __attribute__((target("avx512f"))) void forward_tile(const float* const* px, con
 }
 
 using ForwardTile = void (*)(const float* const*, const float* const*, int, int64_t, int64_t,
-                             const float*, float*, int64_t, __mmask16);
+                             const float*, bool, float*, int64_t, __mmask16);
 
 template <int RB>
 ForwardTile forward_tile_for(int cb) {
@@ -151,6 +154,19 @@ void live_tap_nhwc(const float* src, int64_t n, int64_t h, int64_t w, int64_t k,
   std::vector<float> wpad(static_cast<size_t>(taps.count) * k * mp, 0.f), bpad(mp, 0.f);
   for (int64_t r = 0; r < taps.count * k; ++r) std::copy(mats + r * m, mats + (r + 1) * m, wpad.data() + r * mp);
   if (bias != nullptr) std::copy(bias, bias + m, bpad.data());
+  // The reduction in blocks of taps x input channels whose weights (up to kBlockRows
+  // rows of a 64-column tile: 32 KiB) stay in L1 while every tile of an output row uses
+  // them; the tiles' partial sums wait in the output row (also in L1).
+  constexpr int64_t kBlockRows = 128;
+  struct Block { int t0, t1; int64_t k0, k1; };
+  std::vector<Block> blocks;
+  if (k >= kBlockRows) {
+    for (int t = 0; t < taps.count; ++t)
+      for (int64_t k0 = 0; k0 < k; k0 += kBlockRows) blocks.push_back({t, t + 1, k0, std::min(k, k0 + kBlockRows)});
+  } else {
+    const int per_block = static_cast<int>(kBlockRows / k);
+    for (int t = 0; t < taps.count; t += per_block) blocks.push_back({t, std::min(taps.count, t + per_block), 0, k});
+  }
   // One output row (sample, y) per task: every output element is written by one thread.
   at::parallel_for(0, n * h, 1, [&](int64_t begin, int64_t end) {
     const std::vector<float> zeros(k, 0.f);
@@ -159,29 +175,41 @@ void live_tap_nhwc(const float* src, int64_t n, int64_t h, int64_t w, int64_t k,
     int live[kMaxLiveTaps];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t s = row / h, y = row % h;
-      int ntaps = 0;  // the taps whose source row lies inside the image
-      for (int t = 0; t < taps.count; ++t) {
-        const int64_t sy = y + sign * taps.dy[t];
-        if (sy >= 0 && sy < h) live[ntaps++] = t;
-      }
       float* orow = out + row * w * m;
       for (int64_t c0 = 0; c0 < m; c0 += col_tile) {
         const int64_t cols = std::min(col_tile, m - c0);
         const int cb = static_cast<int>((cols + 15) / 16);
         const __mmask16 last = tail_mask(cols - 16 * (cb - 1));
-        for (int q = 0; q < ntaps; ++q) wt[q] = wpad.data() + live[q] * k * mp + c0;
-        for (int64_t x0 = 0; x0 < w; x0 += kRows) {
-          const int rb = static_cast<int>(std::min<int64_t>(kRows, w - x0));
-          for (int q = 0; q < ntaps; ++q) {
-            const int t = live[q];
-            const float* srow = src + (s * h + y + sign * taps.dy[t]) * w * k;
-            for (int r = 0; r < rb; ++r) {
-              const int64_t sx = x0 + r + sign * taps.dx[t];
-              px[q * kRows + r] = sx >= 0 && sx < w ? srow + sx * k : zeros.data();
-            }
+        const float* tile_bias = bias != nullptr ? bpad.data() + c0 : nullptr;
+        bool started = false;
+        for (const Block& b : blocks) {
+          int ntaps = 0;  // the block's taps whose source row lies inside the image
+          for (int t = b.t0; t < b.t1; ++t) {
+            const int64_t sy = y + sign * taps.dy[t];
+            if (sy >= 0 && sy < h) live[ntaps++] = t;
           }
-          forward_tile_for(rb, cb)(px, wt, ntaps, k, mp, bias != nullptr ? bpad.data() + c0 : nullptr,
-                                   orow + x0 * m + c0, m, last);
+          if (ntaps == 0) continue;
+          for (int q = 0; q < ntaps; ++q) wt[q] = wpad.data() + (live[q] * k + b.k0) * mp + c0;
+          for (int64_t x0 = 0; x0 < w; x0 += kRows) {
+            const int rb = static_cast<int>(std::min<int64_t>(kRows, w - x0));
+            for (int q = 0; q < ntaps; ++q) {
+              const int t = live[q];
+              const float* srow = src + (s * h + y + sign * taps.dy[t]) * w * k + b.k0;
+              for (int r = 0; r < rb; ++r) {
+                const int64_t sx = x0 + r + sign * taps.dx[t];
+                px[q * kRows + r] = sx >= 0 && sx < w ? srow + sx * k : zeros.data();
+              }
+            }
+            forward_tile_for(rb, cb)(px, wt, ntaps, b.k1 - b.k0, mp, tile_bias, started,
+                                     orow + x0 * m + c0, m, last);
+          }
+          started = true;
+        }
+        if (!started) {  // no tap reads inside the image: the bias alone
+          for (int64_t x0 = 0; x0 < w; x0 += kRows) {
+            const int rb = static_cast<int>(std::min<int64_t>(kRows, w - x0));
+            forward_tile_for(rb, cb)(px, wt, 0, 0, mp, tile_bias, false, orow + x0 * m + c0, m, last);
+          }
         }
       }
     }

@@ -143,13 +143,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_cpu(const a
   TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
               "softmax_cross_entropy: the CPU kernel supports float32 and float64 logits, got ", logits.scalar_type());
   TORCH_CHECK_VALUE(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
-  const auto target = target_in.contiguous();
+  const auto target = xent_positions(target_in, l);
   check_targets(target, l.classes, op);
   const auto acc = xent_acc_dtype(logits);
   auto loss = at::empty(target.sizes(), logits.options().dtype(acc));
   auto max = at::empty(target.sizes(), logits.options().dtype(acc));
   auto log_sum = at::empty(target.sizes(), logits.options().dtype(acc));
-  if (target.numel() == 0) return {loss, max, log_sum};
+  if (target.numel() == 0) return {loss, max, log_sum};  // empty: never permuted
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "softmax_cross_entropy_cpu", [&] {
     const scalar_t* x = l.logits.const_data_ptr<scalar_t>();
     const int64_t* t = target.const_data_ptr<int64_t>();
@@ -163,7 +163,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_cpu(const a
          out_loss + p);
     });
   });
-  return {loss, max, log_sum};
+  return {xent_unpermute_positions(loss, l), xent_unpermute_positions(max, l),
+          xent_unpermute_positions(log_sum, l)};
 }
 
 at::Tensor softmax_cross_entropy_backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits,
@@ -175,11 +176,11 @@ at::Tensor softmax_cross_entropy_backward_cpu(const at::Tensor& grad_loss_in, co
   TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
               "softmax_cross_entropy_backward: the CPU kernel supports float32 and float64 logits, got ", logits.scalar_type());
   TORCH_CHECK_VALUE(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got ", logits.device());
-  const auto target = target_in.contiguous();
+  const auto target = xent_positions(target_in, l);
   check_targets(target, l.classes, op);
-  const auto grad_loss = grad_loss_in.contiguous();  // small: one value per position
-  const auto max = max_in.contiguous();
-  const auto log_sum = log_sum_in.contiguous();
+  const auto grad_loss = xent_positions(grad_loss_in, l);  // small: one value per position
+  const auto max = xent_positions(max_in, l);
+  const auto log_sum = xent_positions(log_sum_in, l);
   auto grad = xent_empty_grad(logits, l);
   if (target.numel() == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "softmax_cross_entropy_backward_cpu", [&] {

@@ -79,13 +79,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_cuda(const 
   const auto l = check_softmax_cross_entropy(logits, target_in, op);
   TORCH_CHECK_VALUE(logits.is_cuda(), op, ": logits must be a CUDA tensor, got ", logits.device());
   const c10::cuda::CUDAGuard guard(logits.device());
-  const auto target = target_in.contiguous();
+  const auto target = xent_positions(target_in, l);
   const auto acc = xent_acc_dtype(logits);
   auto loss = at::empty(target.sizes(), logits.options().dtype(acc));
   auto max = at::empty(target.sizes(), logits.options().dtype(acc));
   auto log_sum = at::empty(target.sizes(), logits.options().dtype(acc));
   const int64_t positions = target.numel();
-  if (positions == 0) return {loss, max, log_sum};
+  if (positions == 0) return {loss, max, log_sum};  // empty: never permuted
   auto first_bad = at::full({1}, int64_t(-1), target.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "softmax_cross_entropy_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
@@ -96,7 +96,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy_cuda(const 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   raise_bad_target(first_bad, target, l.classes, op);
-  return {loss, max, log_sum};
+  return {xent_unpermute_positions(loss, l), xent_unpermute_positions(max, l),
+          xent_unpermute_positions(log_sum, l)};
 }
 
 at::Tensor softmax_cross_entropy_backward_cuda(const at::Tensor& grad_loss_in, const at::Tensor& logits,
@@ -107,10 +108,10 @@ at::Tensor softmax_cross_entropy_backward_cuda(const at::Tensor& grad_loss_in, c
   const auto l = check_softmax_cross_entropy(logits, target_in, op);
   TORCH_CHECK_VALUE(logits.is_cuda(), op, ": logits must be a CUDA tensor, got ", logits.device());
   const c10::cuda::CUDAGuard guard(logits.device());
-  const auto target = target_in.contiguous();
-  const auto grad_loss = grad_loss_in.contiguous();
-  const auto max = max_in.contiguous();
-  const auto log_sum = log_sum_in.contiguous();
+  const auto target = xent_positions(target_in, l);
+  const auto grad_loss = xent_positions(grad_loss_in, l);
+  const auto max = xent_positions(max_in, l);
+  const auto log_sum = xent_positions(log_sum_in, l);
   auto grad = xent_empty_grad(logits, l);
   const int64_t n = grad.numel();
   if (n == 0) return grad;

@@ -60,8 +60,9 @@ def gate(pre: torch.Tensor, groups: int, impl: str = "auto") -> torch.Tensor:
 
 
 def shift_down(t: torch.Tensor) -> torch.Tensor:
-    """Row i of the result is row i - 1 of t (zeros in row 0)."""
-    return F.pad(t, (0, 0, 1, 0))[:, :, :-1]
+    """Row i of the result is row i - 1 of t (zeros in row 0): one copy, in t's layout
+    (padding first and then slicing would leave a strided view for the next layer to copy)."""
+    return F.pad(t[:, :, :-1], (0, 0, 1, 0))
 
 
 class GatedLayer(nn.Module):

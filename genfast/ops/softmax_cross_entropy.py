@@ -78,13 +78,21 @@ def softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction:
 
 
 def _empty_grad(logits: torch.Tensor) -> torch.Tensor:
-    """grad_logits as the kernels lay it out: the logits' layout when moving dimension
-    1 to some place makes them contiguous (csrc/softmax_cross_entropy.cpp), else
+    """grad_logits as the kernels lay it out (csrc/softmax_cross_entropy.cpp): the logits'
+    layout when moving dimension 1 to some place makes them contiguous, or when the
+    classes are contiguous and the other dimensions, sorted by stride, are too; else
     contiguous."""
     for m in range(1, logits.dim()):
         moved = logits.movedim(1, m)
         if moved.is_contiguous():
             return torch.empty_like(moved, memory_format=torch.contiguous_format).movedim(m, 1)
+    if logits.stride(1) == 1:
+        others = sorted((d for d in range(logits.dim()) if d != 1), key=lambda d: -logits.stride(d))
+        perm = [others[0], 1, *others[1:]]
+        permuted = logits.permute(perm)
+        if permuted.movedim(1, -1).is_contiguous():
+            grad = torch.empty_like(permuted.movedim(1, -1), memory_format=torch.contiguous_format).movedim(-1, 1)
+            return grad.permute([perm.index(d) for d in range(logits.dim())])
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
