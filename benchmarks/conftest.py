@@ -50,6 +50,15 @@ def record(benchmark, group: str, impl: str, baseline: bool = False) -> None:
 MiB = 1 << 20
 
 
+def cpu_model() -> str:
+    """The CPU model string (/proc/cpuinfo's "model name"), named with every figure."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        return "?"
+
+
 def peak_memory_mb(fn, device):
     """The peak memory fn allocates above what exists before it, in MiB: CUDA's allocator
     statistics, or on the CPU the running sum of the profiler's allocation events."""

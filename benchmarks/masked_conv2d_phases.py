@@ -15,6 +15,7 @@ import sys
 import time
 
 import torch
+from conftest import cpu_model
 
 mc = importlib.import_module("genfast.ops.masked_conv2d")
 
@@ -38,9 +39,7 @@ def main() -> None:
     args = sys.argv[1:]
     phases = [p for p in PHASES if p in args] or list(PHASES)
     cases = CASES + (EXTRA if "--extra" in args else [])
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    print(f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads; ms (min of interleaved rounds)")
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads; ms (min of interleaved rounds)")
     gen = torch.Generator().manual_seed(0)
     for batch, cin, cout, (kh, kw), mask_type, groups in cases:
         x = torch.randn(batch, cin, 32, 32, generator=gen)
