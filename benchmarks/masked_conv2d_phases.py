@@ -5,9 +5,11 @@ against the decomposition (the same live taps run by oneDNN), phase by phase. Th
 algorithms run in interleaved rounds (a burst of load from other processes hits them
 alike); the minimum per algorithm is printed, with the ratio decomposed / live_tap.
 
-    python benchmarks/masked_conv2d_phases.py [--extra] [forward] [grad_input] [grad_weight]
+    python benchmarks/masked_conv2d_phases.py [--extra] [--channels-last] [--first N]
+                                              [forward] [grad_input] [grad_weight]
 
---extra adds small-K layers (1x3 'B', a 1-channel 7x7 'A' first layer, a colour-masked
+--channels-last runs every layer on channels-last tensors; --first N only the first N
+layers; --extra adds small-K layers (1x3 'B', a 1-channel 7x7 'A' first layer, a colour-masked
 1x1 'B'). Print the machine's CPU model string with the figures (docs/masked-conv-algorithms.md).
 """
 import importlib
@@ -39,12 +41,16 @@ def main() -> None:
     args = sys.argv[1:]
     phases = [p for p in PHASES if p in args] or list(PHASES)
     cases = CASES + (EXTRA if "--extra" in args else [])
-    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads; ms (min of interleaved rounds)")
+    if "--first" in args:
+        cases = cases[:int(args[args.index("--first") + 1])]
+    layout = torch.channels_last if "--channels-last" in args else torch.contiguous_format
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'channels-last' if layout == torch.channels_last else 'NCHW'}; ms (min of interleaved rounds)")
     gen = torch.Generator().manual_seed(0)
     for batch, cin, cout, (kh, kw), mask_type, groups in cases:
-        x = torch.randn(batch, cin, 32, 32, generator=gen)
+        x = torch.randn(batch, cin, 32, 32, generator=gen).contiguous(memory_format=layout)
         w = torch.randn(cout, cin, kh, kw, generator=gen) / (cin * kh * kw) ** 0.5
-        g = torch.randn(batch, cout, 32, 32, generator=gen)
+        g = torch.randn(batch, cout, 32, 32, generator=gen).contiguous(memory_format=layout)
         rounds = 3 if batch * cin * cout > 16 * 128 * 128 else 7
         cells = []
         for phase in phases:
