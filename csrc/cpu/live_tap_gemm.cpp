@@ -5,12 +5,8 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized (an undefined pass-through operand
-// inside _mm512_reduce_add_ps): a false positive.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+
+#include "avx512_tiles.h"
 
 namespace genfast {
 namespace cpu {

@@ -4,11 +4,8 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized (see live_tap_gemm.cpp).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+
+#include "avx512_tiles.h"
 
 namespace genfast {
 namespace cpu {
@@ -17,51 +14,17 @@ namespace {
 constexpr int kRows = 6;  // pixels (forward) or input channels (weight gradient) per tile
 constexpr int kVecs = 4;  // 16-float vectors of output channels per tile: 24 accumulators
 
-inline __mmask16 tail_mask(int64_t left) {
-  return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-}
-
 // Forward / input-gradient tile: RB pixels x CB vectors of output channels, summed over
 // k input channels of ntaps taps. px[q * kRows + r]: pixel r's input channels at the q-th
 // tap (a zero row where the tap falls outside the image); wt[q]: that tap's (k, ldw)
-// matrix at this tile's first column. Starts from out (accumulate) or the bias; the
-// last vector is loaded and stored under `last` (the channel tail).
+// matrix at this tile's first column. Starts from out (accumulate) or the bias.
 template <int RB, int CB>
 __attribute__((target("avx512f"))) void forward_tile(const float* const* px, const float* const* wt,
                                                      int ntaps, int64_t k, int64_t ldw,
                                                      const float* bias, bool accumulate, float* out,
                                                      int64_t ldo, __mmask16 last) {
-  __m512 acc[RB][CB];
-#pragma GCC unroll 8
-  for (int v = 0; v < CB; ++v) {
-    const __mmask16 mask = v == CB - 1 ? last : __mmask16(0xFFFF);
-    const __m512 b0 = bias != nullptr ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r)
-      acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(mask, out + r * ldo + 16 * v) : b0;
-  }
-  for (int q = 0; q < ntaps; ++q) {
-    const float* p[RB];
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r) p[r] = px[q * kRows + r];
-    const float* wq = wt[q];
-    for (int64_t c = 0; c < k; ++c) {
-      __m512 b[CB];
-#pragma GCC unroll 8
-      for (int v = 0; v < CB; ++v) b[v] = _mm512_loadu_ps(wq + c * ldw + 16 * v);
-#pragma GCC unroll 8
-      for (int r = 0; r < RB; ++r) {
-        const __m512 a = _mm512_set1_ps(p[r][c]);
-#pragma GCC unroll 8
-        for (int v = 0; v < CB; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < CB; ++v)
-      _mm512_mask_storeu_ps(out + r * ldo + 16 * v, v == CB - 1 ? last : __mmask16(0xFFFF), acc[r][v]);
+  row_pointer_tile<RB, CB>(ntaps, px, kRows, [&](int q) { return wt[q]; }, k, ldw, bias, accumulate,
+                           out, ldo, last);
 }
 
 using ForwardTile = void (*)(const float* const*, const float* const*, int, int64_t, int64_t,

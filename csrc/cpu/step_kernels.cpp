@@ -4,15 +4,9 @@
 #include <cmath>
 #include <limits>
 
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized inside min/max intrinsics (their
-// undefined pass-through operand): a false positive.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-
 #include "../sampling_math.h"
 #include "../transformer_decode_step.h"
+#include "avx512_tiles.h"
 #include "fast_math.h"
 
 namespace genfast {
@@ -93,41 +87,8 @@ __attribute__((target("avx512f"))) void gemm_block_avx512(int taps, const float*
                                                           int64_t ldw, __mmask16 last,
                                                           const float* bias, float* y,
                                                           int64_t ldy) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int v = 0; v < NV; ++v) {
-    const __mmask16 m = v == NV - 1 ? last : __mmask16(0xFFFF);
-    const __m512 b = bias != nullptr ? _mm512_maskz_loadu_ps(m, bias + 16 * v) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) acc[r][v] = b;
-  }
-  for (int tap = 0; tap < taps; ++tap) {
-    const float* xr[MR];
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) xr[r] = x[tap * kRows + r];
-    const float* wt = w + tap * kdim * ldw;
-    for (int64_t c = 0; c < kdim; ++c) {
-      const float* wr = wt + c * ldw;
-      __m512 wv[NV];
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) {
-        wv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, wr + 16 * v) : _mm512_loadu_ps(wr + 16 * v);
-      }
-#pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) {
-        const __m512 xb = _mm512_set1_ps(xr[r][c]);
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
-      }
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) {
-      _mm512_mask_storeu_ps(y + r * ldy + 16 * v, v == NV - 1 ? last : __mmask16(0xFFFF), acc[r][v]);
-    }
-  }
+  cpu::row_pointer_tile<MR, NV>(taps, x, kRows, [&](int t) { return w + t * kdim * ldw; }, kdim, ldw,
+                                bias, false, y, ldy, last);
 }
 
 // Column blocks of up to 16 * kMaxVectors / MR floats: with one row (batch 1) a block
