@@ -2,8 +2,9 @@
 same model with weight*mask layers, NCHW and channels-last) timed in interleaved rounds:
 every variant runs one step per round, in rotating order, so drift and bursts of load on a
 shared machine hit all of them alike (pytest-benchmark times one variant after another).
-Prints per variant the median and minimum step time and the speed-up of the medians over
-the NCHW weight*mask baseline, with the CPU model string.
+Prints per variant the median and minimum step time, the speed-up of the medians over
+the NCHW weight*mask baseline and the step's peak memory above what exists before it
+(the profiler's allocation events), with the CPU model string.
 
     python benchmarks/train_step_interleaved.py [--rounds N] [case ...]
 
@@ -14,7 +15,7 @@ import statistics
 import time
 
 import torch
-from conftest import cpu_model
+from conftest import cpu_model, peak_memory_mb
 from test_bench_models import IMPLS, TRAIN_CASES, build, case_id, describe
 
 
@@ -49,10 +50,11 @@ def main() -> None:
                 times[impl].append(time.perf_counter() - start)
         base = statistics.median(times["F.conv2d(weight*mask)"])
         print(f"\n{describe(name, config)} b{batch} {channels}x{side}x{side}, {args.rounds} interleaved rounds")
-        print("| implementation | median ms | min ms | speed-up (medians) |\n|---|---:|---:|---:|")
+        print("| implementation | median ms | min ms | speed-up (medians) | peak MiB |\n|---|---:|---:|---:|---:|")
         for impl, ts in times.items():
             med = statistics.median(ts)
-            print(f"| {impl} | {med * 1e3:.1f} | {min(ts) * 1e3:.1f} | {base / med:.2f}x |")
+            peak = peak_memory_mb(steps[impl], "cpu")
+            print(f"| {impl} | {med * 1e3:.1f} | {min(ts) * 1e3:.1f} | {base / med:.2f}x | {peak:.1f} |")
 
 
 if __name__ == "__main__":
