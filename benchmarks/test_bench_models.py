@@ -3,7 +3,7 @@ masked layers against the same model whose masked layers run F.conv2d(weight * m
 (impl="reference") on NCHW activations, what public PixelCNNs do: the baseline. genfast's
 layers run algorithm="auto" (the autotuner's choice per layer and phase; extra_info["algorithms"]
 counts what it chose) and, for comparison, the live-tap kernels only. The models' activations
-are channels-last on the CPU by default (memory_format="auto"), so two more rows separate
+are channels-last on AVX-512 CPUs by default (memory_format="auto"), so two more rows separate
 the layout's share from the layers': genfast on NCHW, and the weight*mask model run
 channels-last as well (a peer any user can get by converting their model). Sampling is
 measured in test_bench_gated_pixelcnn_row.py and test_bench_pixelcnn_row.py."""

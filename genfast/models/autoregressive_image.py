@@ -16,6 +16,7 @@ from torch import nn
 from genfast.models.sampling import inverse_cdf, sampling_uniforms
 from genfast.nn import MaskedConv2d
 from genfast.ops import masked_conv2d
+from genfast.ops.masked_conv2d import _cpu_has_avx512
 from genfast.ops.softmax_cross_entropy import softmax_cross_entropy
 
 
@@ -149,12 +150,13 @@ class AutoregressiveImageModel(nn.Module):
     def in_layout(self, h: torch.Tensor) -> torch.Tensor:
         """h (N, C, H, W) in the memory layout the model runs its layers in (its
         `memory_format`, set by subclasses that offer it): channels-last for
-        "channels_last", and for "auto" on the CPU, where oneDNN's 1x1 convolutions and
-        genfast's live-tap kernels both run fastest on it (docs/masked-conv-algorithms.md);
-        contiguous otherwise (on CUDA "auto" keeps NCHW: not measured on a GPU yet)."""
+        "channels_last", and for "auto" on AVX-512 CPUs, where oneDNN's 1x1 convolutions
+        and genfast's channels-last live-tap kernels both run fastest on it
+        (docs/masked-conv-algorithms.md); contiguous otherwise ("auto" keeps NCHW where
+        that was not measured: other CPUs, which lack the channels-last kernel, and CUDA)."""
         fmt = getattr(self, "memory_format", "contiguous")
         if fmt == "auto":
-            fmt = "channels_last" if h.device.type == "cpu" else "contiguous"
+            fmt = "channels_last" if h.device.type == "cpu" and _cpu_has_avx512() else "contiguous"
         return h.contiguous(memory_format=torch.channels_last if fmt == "channels_last"
                             else torch.contiguous_format)
 

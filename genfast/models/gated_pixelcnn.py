@@ -128,7 +128,7 @@ class GatedPixelCNN(AutoregressiveImageModel):
     as `cond`, at the image's resolution (0 for none); embedding_dim: learned level embeddings instead of scaled
     levels at the input; image_size: the default size of `sample`;
     impl: "auto" | "ext" | "reference" for every masked layer; memory_format: "auto"
-    (channels-last activations on the CPU, NCHW on CUDA), "channels_last" or "contiguous"
+    (channels-last activations on AVX-512 CPUs, NCHW elsewhere), "channels_last" or "contiguous"
     (the layout of the activations between layers; the results are the same).
     """
 
