@@ -91,7 +91,7 @@ def test_nhwc_results_do_not_depend_on_thread_count():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_layout_rule_and_every_output_written(device, dtype, poisoned_allocations):
+def test_layout_rule_every_output_is_written(device, dtype, poisoned_allocations):
     # float64 (and CPUs without AVX-512) compute on a contiguous copy and return the
     # result channels-last; unwritten elements would be NaN under poisoned allocations.
     x, wt, b, g, kwargs = _case((2, 6, 21, (5, 5), "A", 3, (1, 1), 7, 9), 11)
