@@ -12,7 +12,8 @@ CL = torch.channels_last
 
 # (batch, in_c, out_c, kernel, mask, groups, dilation, height, width): the NHWC tiles are
 # 6 pixels (forward) or 6 input channels (weight gradient) x 64 output channels, the
-# last vector masked, the forward's sum in blocks of up to 128 (tap, channel) rows:
+# last vector masked (results with fewer than 16 channels take the NCHW kernel on a
+# contiguous copy instead), the forward's sum in blocks of up to 128 (tap, channel) rows:
 # widths and channel counts on both sides of those edges, more than 64 output channels,
 # taps past every edge, colour groups, dilation.
 CASES = [

@@ -90,8 +90,13 @@ at::Tensor gather_gemm(const at::Tensor& src, const at::Tensor& matrix,
   return out;
 }
 
-bool nhwc_kernel(const at::Tensor& t) {
-  return is_channels_last(t) && t.scalar_type() == at::kFloat && cpu::live_tap_gemm_supported();
+// Whether a channels-last t runs the NHWC kernel, for a result with out_channels
+// channels: its tiles are 16-channel vectors, so fewer than 16 (the input gradient of
+// a first layer with 1-3 image channels) waste most lanes, and the NCHW kernel's
+// few-row tiles on a contiguous copy are faster (3->128 7x7 'A': ~2x).
+bool nhwc_kernel(const at::Tensor& t, int64_t out_channels) {
+  return is_channels_last(t) && t.scalar_type() == at::kFloat && out_channels >= 16 &&
+         cpu::live_tap_gemm_supported();
 }
 
 // The NHWC kernels' per-tap matrices (T, K, M) from pack_live_weight's (C_out, C_in * T):
@@ -124,7 +129,9 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   const LiveTaps taps =
       check_masked_conv2d(input, weight, bias, dilation, mask_type, color_groups);
   check_cpu("masked_conv2d", input, "input");
-  if (nhwc_kernel(input)) return nhwc_gemm(input, tap_matrices(weight, taps, false), bias, taps, +1);
+  if (nhwc_kernel(input, weight.size(0))) {
+    return nhwc_gemm(input, tap_matrices(weight, taps, false), bias, taps, +1);
+  }
   return in_layout_of(input, gather_gemm(input.contiguous(), pack_live_weight(weight, taps), bias, taps, +1));
 }
 
@@ -135,7 +142,7 @@ at::Tensor masked_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at:
   const LiveTaps taps =
       check_masked_conv2d_grad_input(grad_output, weight, dilation, mask_type, color_groups);
   check_cpu("masked_conv2d_grad_input", grad_output, "grad_output");
-  if (nhwc_kernel(grad_output)) {
+  if (nhwc_kernel(grad_output, weight.size(1))) {
     return nhwc_gemm(grad_output, tap_matrices(weight, taps, true), c10::nullopt, taps, -1);
   }
   return in_layout_of(grad_output, gather_gemm(grad_output.contiguous(),
@@ -150,7 +157,7 @@ at::Tensor masked_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at
   const LiveTaps taps = check_masked_conv2d_grad_weight(grad_output, input, kernel_size, dilation,
                                                         mask_type, color_groups);
   check_cpu("masked_conv2d_grad_weight", input, "input");
-  if (nhwc_kernel(input)) {
+  if (nhwc_kernel(input, grad_output.size(1))) {
     const int64_t in_c = input.size(1), out_c = grad_output.size(1);
     const auto gy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
     auto per_tap = at::empty({taps.count, in_c, out_c}, input.options());
