@@ -203,6 +203,11 @@ def _shift(x: torch.Tensor, pad) -> torch.Tensor:
 
 
 def _conv_backward(grad_output, input, weight, dilation, padding, mask):
+    if is_channels_last(grad_output):
+        # The stand-in input (_expanded) has no layout, so oneDNN would take the NCHW path
+        # and convert grad_output; a channels-last weight (tiny) keeps it channels-last
+        # (2x faster for the 3x3 'B' 128->128 input + weight gradients).
+        weight = weight.contiguous(memory_format=torch.channels_last)
     return torch.ops.aten.convolution_backward(grad_output, input, weight, None, [1, 1],
                                                list(padding), list(dilation), False, [0, 0], 1,
                                                list(mask))
