@@ -13,10 +13,6 @@ inline bool is_channels_last(const at::Tensor& t) {
   return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-inline at::MemoryFormat layout_of(const at::Tensor& t) {
-  return is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // A result computed on contiguous tensors, in the layout the rule gives for `like`.
 inline at::Tensor in_layout_of(const at::Tensor& like, const at::Tensor& result) {
   return is_channels_last(like) ? result.contiguous(at::MemoryFormat::ChannelsLast) : result;

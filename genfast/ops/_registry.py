@@ -32,9 +32,8 @@ from typing import Callable
 
 import torch
 
-from genfast.ops._layout import empty_in_layout
-
 from genfast import _backend
+from genfast.ops._layout import empty_in_layout
 
 
 @dataclass(frozen=True)

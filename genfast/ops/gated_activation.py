@@ -6,7 +6,9 @@ half (the layout of genfast.models.gated_pixelcnn.gate: colour group g of an RGB
 owns block g of a and of b); the result is (N, C, ...). The composite PyTorch version
 runs tanh, sigmoid and a product forward and five kernels plus two slice-backward
 copies backward, keeping tanh(a) and sigmoid(b); this op reads x once each way and
-saves only x (the backward recomputes tanh and sigmoid). First derivatives only.
+saves only x (the backward recomputes tanh and sigmoid). A channels-last 4-D x is read
+in place (one pixel's group blocks) and the results are channels-last (the rule of
+genfast/ops/_layout.py). First derivatives only.
 Kernels: csrc/cpu/gated_activation.cpp, csrc/cuda/gated_activation.cu; shared math in
 csrc/gated_activation.h; on the CPU float32 uses a vectorised exp/tanh
 (csrc/cpu/fast_math.h, ~1e-7 absolute error).

@@ -9,8 +9,10 @@ grad_loss * (softmax - onehot) straight into grad_logits. F.cross_entropy on the
 models' (N, L, C, H, W) logits (a transposed view) copies them to a contiguous
 tensor, keeps log_softmax's output (another logits-sized tensor) for the backward,
 and runs nll_loss's and log_softmax's backwards as separate passes. The kernels read
-any layout where moving dimension 1 somewhere gives contiguous memory in place (other
-layouts are copied once), and grad_logits has the logits' layout. Loss and logsumexp
+any layout where moving dimension 1 somewhere gives contiguous memory in place, and
+logits whose classes are contiguous but whose other dimensions are out of order (a
+channels-last RGB model's head) with those dimensions permuted (other layouts are
+copied once); grad_logits has the logits' layout. Loss and logsumexp
 are float32 (float64 for float64 logits). First derivatives only. Kernels:
 csrc/cpu/softmax_cross_entropy.cpp, csrc/cuda/softmax_cross_entropy.cu; shared math
 in csrc/softmax_cross_entropy.h. On CUDA an out-of-range target is found by the kernel
