@@ -45,6 +45,7 @@ __attribute__((target("avx512f"), always_inline)) inline void row_pointer_tile(
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) xr[r] = x[t * x_stride + r];
     const float* wt = weight(t);
+#pragma GCC unroll 4
     for (int64_t c = 0; c < kdim; ++c) {
       const float* wr = wt + c * ldw;
       __m512 wv[NV];
