@@ -29,9 +29,9 @@ int64_t check_gated_activation_backward(const at::Tensor& grad_output, const at:
   return half;
 }
 
-GateBlocks gated_activation_blocks(const at::Tensor& x, int64_t groups) {
+GateBlocks gated_activation_blocks(const at::Tensor& x, int64_t groups, int64_t contiguous_half) {
   if (is_channels_last(x)) return {x, x.size(1) / (2 * groups), at::MemoryFormat::ChannelsLast};
-  return {x.contiguous(), check_gated_activation(x, groups), at::MemoryFormat::Contiguous};
+  return {x.contiguous(), contiguous_half, at::MemoryFormat::Contiguous};
 }
 
 std::vector<int64_t> gated_activation_shape(const at::Tensor& x) {

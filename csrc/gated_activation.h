@@ -41,13 +41,14 @@ int64_t check_gated_activation(const at::Tensor& x, int64_t groups);
 int64_t check_gated_activation_backward(const at::Tensor& grad_output, const at::Tensor& x,
                                         int64_t groups);
 // x as the kernels read it, (outer, 2, half) blocks: channels-last x in place (half =
-// C / groups), any other layout made contiguous (half = S). After the argument checks.
+// C / groups), any other layout made contiguous (half = S, what the argument checks
+// return: pass it as contiguous_half).
 struct GateBlocks {
   at::Tensor x;
   int64_t half;
   at::MemoryFormat format;  // of x and of the results
 };
-GateBlocks gated_activation_blocks(const at::Tensor& x, int64_t groups);
+GateBlocks gated_activation_blocks(const at::Tensor& x, int64_t groups, int64_t contiguous_half);
 // The output shape: x's with half the channels.
 std::vector<int64_t> gated_activation_shape(const at::Tensor& x);
 

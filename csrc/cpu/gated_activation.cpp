@@ -40,11 +40,11 @@ inline auto backward_fn(float) { return &backward_f32; }
 inline auto backward_fn(double) { return &backward_run<double>; }
 
 at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
-  check_gated_activation(x_in, groups);
+  const int64_t contiguous_half = check_gated_activation(x_in, groups);
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "gated_activation: the CPU kernel supports float32 and float64 x, got ", x_in.scalar_type());
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), "gated_activation: x must be a CPU tensor, got ", x_in.device());
-  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto blocks = gated_activation_blocks(x_in, groups, contiguous_half);
   const auto& x = blocks.x;
   const int64_t half = blocks.half;
   auto out = at::empty(gated_activation_shape(x), x.options().memory_format(blocks.format));
@@ -64,12 +64,12 @@ at::Tensor gated_activation_cpu(const at::Tensor& x_in, int64_t groups) {
 
 at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                          int64_t groups) {
-  check_gated_activation_backward(grad_in, x_in, groups);
+  const int64_t contiguous_half = check_gated_activation_backward(grad_in, x_in, groups);
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "gated_activation_backward: the CPU kernel supports float32 and float64 x, got ", x_in.scalar_type());
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), "gated_activation_backward: x must be a CPU tensor, got ",
               x_in.device());
-  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto blocks = gated_activation_blocks(x_in, groups, contiguous_half);
   const auto& x = blocks.x;
   const int64_t half = blocks.half;
   const auto grad = grad_in.contiguous(blocks.format);

@@ -112,11 +112,8 @@ GradWeightTile grad_weight_tile_for(int rk, int cb) {
 void live_tap_nhwc(const float* src, int64_t n, int64_t h, int64_t w, int64_t k,
                    const float* mats, int64_t m, const float* bias, const LiveTaps& taps, int sign,
                    float* out) {
-  // Output channels padded to whole vectors, so the tiles load weights and bias unmasked.
-  const int64_t mp = (m + 15) / 16 * 16, col_tile = 16 * kVecs;
-  std::vector<float> wpad(static_cast<size_t>(taps.count) * k * mp, 0.f), bpad(mp, 0.f);
-  for (int64_t r = 0; r < taps.count * k; ++r) std::copy(mats + r * m, mats + (r + 1) * m, wpad.data() + r * mp);
-  if (bias != nullptr) std::copy(bias, bias + m, bpad.data());
+  // The tiles read weights and bias in place: their last vector's loads are masked.
+  const int64_t col_tile = 16 * kVecs;
   // The reduction in blocks of taps x input channels whose weights (up to kBlockRows
   // rows of a 64-column tile: 32 KiB) stay in L1 while every tile of an output row uses
   // them; the tiles' partial sums wait in the output row (also in L1).
@@ -143,7 +140,7 @@ void live_tap_nhwc(const float* src, int64_t n, int64_t h, int64_t w, int64_t k,
         const int64_t cols = std::min(col_tile, m - c0);
         const int cb = static_cast<int>((cols + 15) / 16);
         const __mmask16 last = tail_mask(cols - 16 * (cb - 1));
-        const float* tile_bias = bias != nullptr ? bpad.data() + c0 : nullptr;
+        const float* tile_bias = bias != nullptr ? bias + c0 : nullptr;
         bool started = false;
         for (const Block& b : blocks) {
           int ntaps = 0;  // the block's taps whose source row lies inside the image
@@ -152,7 +149,7 @@ void live_tap_nhwc(const float* src, int64_t n, int64_t h, int64_t w, int64_t k,
             if (sy >= 0 && sy < h) live[ntaps++] = t;
           }
           if (ntaps == 0) continue;
-          for (int q = 0; q < ntaps; ++q) wt[q] = wpad.data() + (live[q] * k + b.k0) * mp + c0;
+          for (int q = 0; q < ntaps; ++q) wt[q] = mats + (live[q] * k + b.k0) * m + c0;
           for (int64_t x0 = 0; x0 < w; x0 += kRows) {
             const int rb = static_cast<int>(std::min<int64_t>(kRows, w - x0));
             for (int q = 0; q < ntaps; ++q) {
@@ -163,7 +160,7 @@ void live_tap_nhwc(const float* src, int64_t n, int64_t h, int64_t w, int64_t k,
                 px[q * kRows + r] = sx >= 0 && sx < w ? srow + sx * k : zeros.data();
               }
             }
-            forward_tile_for(rb, cb)(px, wt, ntaps, b.k1 - b.k0, mp, tile_bias, started,
+            forward_tile_for(rb, cb)(px, wt, ntaps, b.k1 - b.k0, m, tile_bias, started,
                                      orow + x0 * m + c0, m, last);
           }
           started = true;
@@ -171,7 +168,7 @@ void live_tap_nhwc(const float* src, int64_t n, int64_t h, int64_t w, int64_t k,
         if (!started) {  // no tap reads inside the image: the bias alone
           for (int64_t x0 = 0; x0 < w; x0 += kRows) {
             const int rb = static_cast<int>(std::min<int64_t>(kRows, w - x0));
-            forward_tile_for(rb, cb)(px, wt, 0, 0, mp, tile_bias, false, orow + x0 * m + c0, m, last);
+            forward_tile_for(rb, cb)(px, wt, 0, 0, m, tile_bias, false, orow + x0 * m + c0, m, last);
           }
         }
       }

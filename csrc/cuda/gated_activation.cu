@@ -38,10 +38,10 @@ __global__ void gate_backward_kernel(const scalar_t* __restrict__ grad, const sc
 }
 
 at::Tensor gated_activation_cuda(const at::Tensor& x_in, int64_t groups) {
-  check_gated_activation(x_in, groups);
+  const int64_t contiguous_half = check_gated_activation(x_in, groups);
   TORCH_CHECK_VALUE(x_in.is_cuda(), "gated_activation: x must be a CUDA tensor, got ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto blocks = gated_activation_blocks(x_in, groups, contiguous_half);
   const auto& x = blocks.x;
   const int64_t half = blocks.half;
   auto out = at::empty(gated_activation_shape(x), x.options().memory_format(blocks.format));
@@ -59,10 +59,10 @@ at::Tensor gated_activation_cuda(const at::Tensor& x_in, int64_t groups) {
 
 at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                           int64_t groups) {
-  check_gated_activation_backward(grad_in, x_in, groups);
+  const int64_t contiguous_half = check_gated_activation_backward(grad_in, x_in, groups);
   TORCH_CHECK_VALUE(x_in.is_cuda(), "gated_activation_backward: x must be a CUDA tensor, got ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto blocks = gated_activation_blocks(x_in, groups);
+  const auto blocks = gated_activation_blocks(x_in, groups, contiguous_half);
   const auto& x = blocks.x;
   const int64_t half = blocks.half;
   const auto grad = grad_in.contiguous(blocks.format);
