@@ -13,15 +13,19 @@
   iterations of the loop, which a loaded machine made cost more than the network and
   overstated the naive time 4x.) At batch 1 the full naive run is timed too
   ("naive, full run").
-- "cached (python)": sample(method="cached"), genfast.models.pixelcnnpp_cache's
-  row- and pixel-incremental evaluation orchestrated from Python (torch ops per layer
-  and pixel, run on one intra-op thread whatever torch.get_num_threads() says; no
-  step kernels yet). The naive sampler runs with the process's thread count: run
-  with OMP_NUM_THREADS=1 for both on one thread.
+- "cached (genfast kernel)": sample(method="cached"), genfast.models.pixelcnnpp_cache:
+  the u stream one row per layer with batched convolutions, the ul stream, output
+  layer and draws of each image row in one call of the compiled op
+  genfast.ops.pixelcnnpp_row (threads over the images).
+- "cached (python reference)": the same sampler with impl="reference": the ul stream
+  in per-pixel torch ops orchestrated from Python (one intra-op thread whatever
+  torch.get_num_threads() says), the sampler genfast had before the op.
+The naive sampler and the kernel run with the process's thread count: run with
+OMP_NUM_THREADS=1 for all on one thread.
 
-Model: the issue's small one, nr_resnet 2, nr_filters 64, 10 mixtures, 28x28 grey,
-256 levels, float32, dropout inactive (eval). extra_info["images_per_s"] is
-batch / (scaled) median.
+Models: the issue's small ones, nr_resnet 2, nr_filters 64, 10 mixtures, 28x28 grey
+and 32x32 RGB, 256 levels, float32, dropout inactive (eval). extra_info["images_per_s"]
+is batch / (scaled) median.
 """
 import pytest
 import torch
@@ -29,8 +33,9 @@ from conftest import record, synced
 
 from genfast.models import PixelCNNpp
 
-IMPLS = ("naive", "naive, full run", "cached (python)")
-CASES = {"grey28": dict(image_channels=1, image_size=28, nr_resnet=2, nr_filters=64, num_mixtures=10)}
+IMPLS = ("naive", "naive, full run", "cached (genfast kernel)", "cached (python reference)")
+CASES = {"grey28": dict(image_channels=1, image_size=28, nr_resnet=2, nr_filters=64, num_mixtures=10),
+         "rgb32": dict(image_channels=3, image_size=32, nr_resnet=2, nr_filters=64, num_mixtures=10)}
 BATCHES = (1, 16)
 
 
@@ -42,8 +47,8 @@ def naive_scale(height: int, width: int) -> float:
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_pixelcnnpp_sampling(benchmark, bench_device, quick, case, batch, impl):
-    if impl == "naive, full run" and (batch != 1 or quick):
-        pytest.skip("the full naive run is timed at batch 1 only (minutes), not in --quick")
+    if impl == "naive, full run" and (batch != 1 or quick or case != "grey28"):
+        pytest.skip("the full naive run is timed at batch 1 of the grey model only (minutes), not in --quick")
     torch.manual_seed(0)
     model = PixelCNNpp(**CASES[case]).to(bench_device).eval()
     c, (h, w) = model.image_channels, model.image_size
@@ -62,7 +67,8 @@ def test_pixelcnnpp_sampling(benchmark, bench_device, quick, case, batch, impl):
 
         benchmark.extra_info["scale"] = naive_scale(h, w)
     else:
-        kwargs = dict(method="naive" if impl == "naive, full run" else "cached")
+        kwargs = dict(method="naive" if impl == "naive, full run" else "cached",
+                      impl="reference" if impl == "cached (python reference)" else None)
 
         def run():
             model.sample(batch, generator=generator.manual_seed(0), **kwargs)

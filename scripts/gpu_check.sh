@@ -110,6 +110,7 @@ RACECHECK_K="cuda and (every_output_is_written or collapsed)"
 OP_TESTS=(tests/test_masked_conv2d.py tests/test_masked_conv2d_channels_last.py
           tests/test_nearest_code.py tests/test_code_statistics.py
           tests/test_gradient_penalty.py tests/test_pixelcnn_row.py tests/test_gated_pixelcnn_row.py
+          tests/test_pixelcnnpp_row.py
           tests/test_wavenet_step.py tests/test_transformer_decode_grid.py
           tests/test_gated_activation.py tests/test_softmax_cross_entropy.py)
 PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider)

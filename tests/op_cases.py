@@ -16,6 +16,7 @@ import test_gradient_penalty
 import test_masked_conv2d
 import test_nearest_code
 import test_pixelcnn_row
+import test_pixelcnnpp_row
 import test_softmax_cross_entropy
 import test_transformer_decode_step
 import test_wavenet_step
@@ -86,6 +87,16 @@ def gated_pixelcnn_row(seed, device, dtype):
 def pixelcnn_row(seed, device, dtype):
     args = test_pixelcnn_row.random_row(seed, device, dtype)
     return Case(lambda impl: ops.pixelcnn_row(*_clone(args), impl=impl), rtol=1e-12, atol=1e-12, exact=(0,))
+
+
+def pixelcnnpp_row(seed, device, dtype):
+    args = test_pixelcnnpp_row.random_row(seed, device, dtype)
+
+    def run(impl):  # (values, params, the three states): the op updates the states in place
+        states, *rest = test_pixelcnnpp_row._clone(args)
+        return (*ops.pixelcnnpp_row(states, *rest, impl=impl), *states)
+
+    return Case(run, rtol=1e-12, atol=1e-12, exact=(0,))
 
 
 def transformer_decode_step(seed, device, dtype):

@@ -117,26 +117,34 @@ def full_forward_sample(model, n, labels, u, prefix=None, known=None, temperatur
     return x
 
 
-@pytest.mark.parametrize("channels,classes,method", [(1, None, "cached"), (1, None, "naive"), (3, 3, "cached")])
-def test_sampling_is_the_full_forward_sampler(channels, classes, method):
+# impl: the cached sampler's ul stream by the compiled pixelcnnpp_row ("auto") or its
+# per-pixel PyTorch reference.
+IMPLS = ("auto", "reference")
+
+
+@pytest.mark.parametrize("channels,classes,method,impl", [
+    (1, None, "cached", "auto"), (1, None, "cached", "reference"), (1, None, "naive", "auto"),
+    (3, 3, "cached", "auto"), (3, 3, "cached", "reference")])
+def test_sampling_is_the_full_forward_sampler(channels, classes, method, impl):
     model = make(channels, num_classes=classes, size=8)
     labels = None if classes is None else torch.tensor([0, 2])
     got = model.sample(2, labels=labels, generator=torch.Generator().manual_seed(3), method=method,
-                       temperature=0.8)
+                       temperature=0.8, impl=impl)
     u = sampling_uniforms(2, channels + 1, 8, 8, torch.Generator().manual_seed(3))
     want = full_forward_sample(model, 2, labels, u, temperature=0.8)
     assert torch.equal(got, want)
     assert got.min() >= 0 and got.max() < 16 and got.unique().numel() > 3
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_cached_equals_naive_with_completion(channels):
+def test_cached_equals_naive_with_completion(channels, impl):
     model = make(channels, num_classes=2, size=8)
     labels = torch.tensor([1, 0, 1])
     prefix = images(3, channels, 8)[:, :, :5]
     known = torch.rand((3, 1, 5, 8), generator=torch.Generator().manual_seed(0)) < 0.6
     samples = {method: model.sample(3, labels=labels, prefix=prefix, known_mask=known,
-                                    generator=torch.Generator().manual_seed(7), method=method)
+                                    generator=torch.Generator().manual_seed(7), method=method, impl=impl)
                for method in ("cached", "naive")}
     assert torch.equal(samples["cached"], samples["naive"])
     kept = known.expand(prefix.shape)
@@ -154,16 +162,18 @@ def test_known_mask_must_cover_whole_pixels():
             model.sample(1, prefix=prefix, known_mask=mask, method=method)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_teacher_forced_cached_params_equal_the_forward_float32(channels):
+def test_teacher_forced_cached_params_equal_the_forward_float32(channels, impl):
     model = make(channels, num_classes=3, size=16, nr_resnet=2, nr_filters=16, dtype=torch.float32)
     x = images(2, channels, 16)
     labels = torch.tensor([2, 0])
-    params = model.cached_params(x, labels)
+    params = model.cached_params(x, labels, impl=impl)
     assert not params.is_inference()  # the sampler's inference_mode stays inside it
     torch.testing.assert_close(params, model(x, labels), rtol=1e-4, atol=1e-4)
     # float64: rounding only.
-    torch.testing.assert_close(model.double().cached_params(x, labels), model(x, labels), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.double().cached_params(x, labels, impl=impl), model(x, labels),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_sampling_is_deterministic_and_labels_matter():
@@ -174,28 +184,30 @@ def test_sampling_is_deterministic_and_labels_matter():
     assert not torch.equal(draw(0, 1), draw(0, 2))
 
 
-def test_non_finite_parameters_are_an_error():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_parameters_are_an_error(impl):
     model = make(1)
     with torch.no_grad():
         model.output_conv.bias[0] = float("nan")
     for method in ("cached", "naive"):
         with pytest.raises(RuntimeError, match="non-finite parameters"):
-            model.sample(1, method=method)
+            model.sample(1, method=method, impl=impl)
 
 
-def test_cached_sampling_restores_the_callers_thread_count():
-    # The cached sampler runs its small per-pixel ops on one intra-op thread; the caller's
-    # setting must come back, also when sampling raises.
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cached_sampling_restores_the_callers_thread_count(impl):
+    # The cached sampler's reference runs its small per-pixel ops on one intra-op thread;
+    # the caller's setting must come back, also when sampling raises.
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         model = make(1)
-        model.sample(1, generator=torch.Generator().manual_seed(0))
+        model.sample(1, generator=torch.Generator().manual_seed(0), impl=impl)
         assert torch.get_num_threads() == 2
         with torch.no_grad():
             model.output_conv.bias[0] = float("nan")
         with pytest.raises(RuntimeError, match="non-finite parameters"):
-            model.sample(1)
+            model.sample(1, impl=impl)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

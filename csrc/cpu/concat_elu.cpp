@@ -99,6 +99,9 @@ at::Tensor concat_elu_backward_cpu(const at::Tensor& grad_in, const at::Tensor& 
 
 }  // namespace
 
+void concat_elu_run(const float* x, float* pos, float* neg, int64_t n) { forward_f32(x, pos, neg, n); }
+void concat_elu_run(const double* x, double* pos, double* neg, int64_t n) { forward_run(x, pos, neg, n); }
+
 TORCH_LIBRARY_IMPL(genfast, CPU, m) {
   m.impl("concat_elu", &concat_elu_cpu);
   m.impl("concat_elu_backward", &concat_elu_backward_cpu);

@@ -25,4 +25,9 @@ void for_runs(int64_t begin, int64_t end, int64_t row_length, const Fn& fn) {
   }
 }
 
+// pos = elu(x), neg = elu(-x) for n elements (concat_elu's CPU loop, vectorised for
+// float32), for kernels that apply concat_elu to short rows of their own buffers.
+void concat_elu_run(const float* x, float* pos, float* neg, int64_t n);
+void concat_elu_run(const double* x, double* pos, double* neg, int64_t n);
+
 }  // namespace genfast

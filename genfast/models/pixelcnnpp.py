@@ -326,7 +326,7 @@ class PixelCNNpp(AutoregressiveImageModel):
 
         self._check_pixel_mask(known)
         with torch.autocast(x.device.type, enabled=False):
-            return sample_cached(self, x, known[:, 0], u.permute(3, 2, 0, 1), labels, temperature,
+            return sample_cached(self, x, known[:, 0], u, labels, temperature,
                                  impl, keep_params=keep_logits)
 
     @torch.no_grad()

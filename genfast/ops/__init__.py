@@ -19,6 +19,7 @@ from genfast.ops.gradient_penalty import (gradient_penalty, gradient_penalty_int
 from genfast.ops.masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_reference
 from genfast.ops.nearest_code import nearest_code, nearest_code_reference
 from genfast.ops.pixelcnn_row import PixelCNNRowWeights, pixelcnn_row, pixelcnn_row_reference
+from genfast.ops.pixelcnnpp_row import PixelCNNppRowWeights, pixelcnnpp_row, pixelcnnpp_row_reference
 from genfast.ops.softmax_cross_entropy import (softmax_cross_entropy,
                                                softmax_cross_entropy_reference)
 from genfast.ops.transformer_decode_step import (TransformerWeights, transformer_decode_step,
@@ -42,6 +43,7 @@ __all__ = ["OPS", "register_op", "registered_ops", "dmol_loss", "dmol_loss_refer
            "gradient_penalty_interpolate_reference", "gradient_penalty_reference", "masked_conv2d",
            "masked_conv2d_mask", "masked_conv2d_reference", "nearest_code", "nearest_code_reference",
            "PixelCNNRowWeights", "pixelcnn_row", "pixelcnn_row_reference",
+           "PixelCNNppRowWeights", "pixelcnnpp_row", "pixelcnnpp_row_reference",
            "softmax_cross_entropy", "softmax_cross_entropy_reference",
            "wavenet_step", "wavenet_step_reference", "wavenet_stepper",
            "TransformerWeights", "transformer_decode_step", "transformer_decode_step_reference"]
