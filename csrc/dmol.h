@@ -33,7 +33,7 @@ class Tensor;  // the checks take tensors; the math includes no ATen header
 
 namespace genfast {
 
-// The paper's floor on log-scales: below it the gradient is 0 (as torch.clamp).
+// The paper's floor on log-scales: at and below it the gradient is 0 (torch.clamp's rule).
 constexpr double kMinLogScale = -7.0;
 // Bins with probability below this use the mid-bin density approximation.
 constexpr double kTinyProbability = 1e-5;
@@ -183,7 +183,7 @@ GENFAST_HOST_DEVICE inline acc_t mixture_log_prob(PixelView<const scalar_t> para
     if (Grad) {
       d_mean[c] = bin.d_mean;
       // torch.clamp's convention: the gradient passes at the boundary itself.
-      d_log_scale[c] = raw_scale >= acc_t(kMinLogScale) ? bin.d_log_scale : acc_t(0);
+      d_log_scale[c] = raw_scale > acc_t(kMinLogScale) ? bin.d_log_scale : acc_t(0);
     }
   }
   return total;

@@ -122,6 +122,29 @@ def test_float32_matches_reference(channels):
     torch.testing.assert_close(g_got.double(), g_want.double(), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("impl,dtype", [("reference", torch.float64), pytest.param("ext", torch.float64, marks=requires_ext),
+                                         pytest.param("ext", torch.float32, marks=requires_ext)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_no_gradient_at_the_log_scale_floor(impl, dtype, channels):
+    # A log-scale exactly at the floor (-7) is clamped: zero gradient there, in the
+    # kernels and the reference alike; just above it the gradient flows.
+    m = 2
+    params = random_params(3, 2, channels, m, 3, 4, dtype=dtype, extreme=False)
+    block = (3 if channels == 3 else 2) * m
+    at_floor = torch.zeros_like(params, dtype=torch.bool)
+    for c in range(channels):
+        at_floor[:, m + c * block + m:m + c * block + 2 * m] = True
+    at_floor[:, :, :, 0] = False  # column 0 keeps its random log-scales
+    params = torch.where(at_floor, -7.0, params).requires_grad_()
+    x = random_images(3, 2, channels, 3, 4, 256)
+    dmol_loss(params, x, num_mixtures=m, reduction="sum", impl=impl).backward()
+    assert (params.grad[at_floor] == 0).all()
+    log_scales = torch.zeros_like(at_floor)
+    for c in range(channels):
+        log_scales[:, m + c * block + m:m + c * block + 2 * m] = True
+    assert (params.grad[log_scales & ~at_floor] != 0).any()
+
+
 @requires_ext
 @pytest.mark.parametrize("channels", [1, 3])
 def test_gradcheck(channels):

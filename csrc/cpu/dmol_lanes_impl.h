@@ -190,7 +190,7 @@ GENFAST_INLINE Bin bin(const Strip& s, int64_t c, vf mean, vf raw_scale) {
     const vf slope = sel(mid >= 0.0f, e_mid - 1.0f, 1.0f - e_mid) / one_mid;  // 1 - 2 sig(mid)
     out.d_mean = sel(tiny, -inv * slope, -inv * (sp - sm));
     const vf ds = sel(tiny, -mid * slope - 1.0f, -p * sp + m * sm - width_term);
-    out.d_log_scale = sel(raw_scale >= float(kMinLogScale), ds, splat(0.0f));
+    out.d_log_scale = sel(raw_scale > float(kMinLogScale), ds, splat(0.0f));
   }
   return out;
 }

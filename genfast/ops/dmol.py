@@ -188,7 +188,9 @@ def dmol_loss_reference(params: torch.Tensor, x: torch.Tensor, *, num_mixtures: 
     x = x.long()
     channels = x.shape[1]
     logits, means, raw_log_scales, raw_coeffs = _unpack(params, channels, num_mixtures)
-    log_scales = raw_log_scales.clamp(min=MIN_LOG_SCALE)
+    # The floor with its gradient rule spelled out (zero at and below it; torch.clamp's
+    # rule at the boundary has varied between releases): the kernels' rule.
+    log_scales = torch.where(raw_log_scales > MIN_LOG_SCALE, raw_log_scales, MIN_LOG_SCALE)
     h = 1.0 / (levels - 1)
     pos = (x.to(params.dtype) * (2.0 * h) - 1.0).unsqueeze(2)  # (B, C, 1, H, W)
     if channels == 3:
