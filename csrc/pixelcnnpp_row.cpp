@@ -9,7 +9,6 @@ namespace {
 
 constexpr const char* kOp = "pixelcnnpp_row";
 const char* const kStateNames[3] = {"state0", "state1", "state2"};
-const char* const kURowNames[3] = {"u_rows0", "u_rows1", "u_rows2"};
 
 void check_like(const at::Tensor& t, const char* name, const at::Tensor& like) {
   check_same_device(kOp, t, name, like, "init_above");
@@ -18,8 +17,7 @@ void check_like(const at::Tensor& t, const char* name, const at::Tensor& like) {
 
 }  // namespace
 
-PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tensor* u_rows,
-                                        const at::Tensor& values, const at::Tensor& known,
+PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tensor& values, const at::Tensor& known,
                                         const at::Tensor& uniforms, double temperature,
                                         const at::Tensor& block_out_bias, int64_t row, int64_t levels,
                                         const PixelCNNppRowWeights& w, bool check_levels) {
@@ -29,7 +27,6 @@ PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tens
   check_weights_like(kOp, w, like, "init_above");
   for (int s = 0; s < 3; ++s) {
     check_like(states[s], kStateNames[s], like);
-    check_like(u_rows[s], kURowNames[s], like);
   }
   check_like(block_out_bias, "block_out_bias", like);
   check_same_device(kOp, values, "values", like, "init_above");
@@ -77,19 +74,27 @@ PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tens
   check_shape(kOp, w.up, "up", {2, 4, F, F});
   check_shape(kOp, w.up_bias, "up_bias", {2, F});
   check_shape(kOp, w.head_bias, "head_bias", {s.params});
-  check_shape(kOp, block_out_bias, "block_out_bias", {B, N, 2 * F});
+  check_shape(kOp, w.u_init, "u_init", {6 * (C + 1), F});
+  check_shape(kOp, w.u_init_bias, "u_init_bias", {F});
+  check_shape(kOp, w.u_block_in, "u_block_in", {B, 14 * F, F});
+  check_shape(kOp, w.u_block_in_bias, "u_block_in_bias", {B, F});
+  check_shape(kOp, w.u_block_out, "u_block_out", {B, 12 * F, 2 * F});
+  check_shape(kOp, w.u_down, "u_down", {2, 6 * F, F});
+  check_shape(kOp, w.u_down_bias, "u_down_bias", {2, F});
+  check_shape(kOp, w.u_up, "u_up", {2, 2, 3, F, F});
+  check_shape(kOp, w.u_up_bias, "u_up_bias", {2, F});
+  check_shape(kOp, block_out_bias, "block_out_bias", {2, B, N, 2 * F});
   check_shape(kOp, known, "known", {N, W});
   check_shape(kOp, uniforms, "uniforms", {W, C + 1, N});
   for (int r = 0; r < 3; ++r) {
     s.widths[r] = W >> r;
     s.depths[r] = pp_depth(r, nr, F, C);
-    s.u_depths[r] = pp_u_depth(r, nr, F);
     check_shape(kOp, states[r], kStateNames[r], {N, 2, s.widths[r], s.depths[r]});
-    check_shape(kOp, u_rows[r], kURowNames[r], {N, s.widths[r], s.u_depths[r]});
   }
   // Kernels index within one image's state and within a weight with 32-bit integers.
   TORCH_CHECK_VALUE(2 * W * s.depths[0] <= kMaxIndex32 && bi.numel() <= kMaxIndex32 &&
-                        w.block_out.numel() <= kMaxIndex32 && W * s.params <= kMaxIndex32 &&
+                        w.block_out.numel() <= kMaxIndex32 &&
+                        w.u_block_in.numel() <= kMaxIndex32 && w.u_block_out.numel() <= kMaxIndex32 && W * s.params <= kMaxIndex32 &&
                         levels <= kMaxIndex32 &&
                         N <= kMaxIndex32,
                     kOp, ": one image's state or a weight is too large for 32-bit indexing");

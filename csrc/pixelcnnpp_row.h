@@ -1,53 +1,66 @@
-// pixelcnnpp_row: the `ul` stream of one image row of PixelCNN++'s cached sampler
+// pixelcnnpp_row: one image row of PixelCNN++'s cached sampler
 // (genfast.models.pixelcnnpp_cache) — what the CPU and CUDA kernels share: the layout
-// of the arguments, the per-column schedule of the layers at the three resolutions,
-// and the argument checks. (The u stream, rows strictly above, is computed by the
-// sampler with whole-row convolutions before the call; the draw is dmol.h's.)
+// of the arguments, the schedule of the layers at the three resolutions, and the
+// argument checks (the draw is dmol.h's).
 //
 // N images, C colours, W columns (a multiple of 4), F filters, nr = nr_resnet,
 // resolutions s = 0, 1, 2 of width W_s = W >> s; image row `row` updates resolution
-// s's row q = row >> s when row % 2^s == 0, at the columns j with j % 2^s == 0.
+// s's row q = row >> s when row % 2^s == 0. Two streams, as in the network: `u` (rows
+// strictly above; 2 x 3 down-shifted kernels) depends only on earlier image rows, so
+// the call first computes its updated rows layer by layer over whole rows; `ul` (above
+// and to the left; 2 x 2 down-right-shifted kernels) then runs column by column, its
+// resolution-s layers at the columns j with j % 2^s == 0, each column ending with the
+// output layer and the pixel's draw.
 //
 // State of resolution s, state_s (N, 2, W_s, D_s), updated in place: two rows, row q in
-// slot q % 2 (slot 1 starts at zeros: row -1's padding). Per pixel, D_s values:
+// slot q % 2 (row -1 reads as zeros). Per pixel, D_s values: the ul stream's part, the u
+// stream's part (same layout, at pp_stream_offset), then at s = 0 the image's C + 1
+// input features (levels scaled to [-1, 1], then 1). A stream's part:
 //   [m * 3F, (m + 1) * 3F)   F-map m, m < M_s: its F values, then concat_elu of them
 //                            (elu(x), elu(-x): what the next layers read)
 //   then K_s c1 maps of 2F   block k's concat_elu(first convolution's output)
-//   then, s = 0 only, C + 1  the image's input features (levels scaled to [-1, 1], 1)
-// F-maps: 0 the first map (ul_init at s = 0, the stride-2 convolution's output at s > 0);
-// 1..nr the up-pass blocks' outputs; s < 2: nr + 1 the transposed convolution's output,
-// nr + 2.. the down-pass blocks' outputs (M_s = 2 nr + 3); s = 2: the down pass starts
-// from map nr, blocks' outputs nr + 1.. (M_2 = 2 nr + 1). c1 maps: up blocks 0..nr-1,
-// down blocks nr.. (K_s = 2 nr + (s < 2)).
+// F-maps: 0 the first map (the initial layer at s = 0, the stride-2 convolution's
+// output at s > 0); 1..nr the up-pass blocks' outputs; s < 2: nr + 1 the transposed
+// convolution's output, nr + 2.. the down-pass blocks' outputs (M_s = 2 nr + 3); s = 2:
+// the down pass starts from map nr, blocks' outputs nr + 1.. (M_2 = 2 nr + 1). c1 maps:
+// up blocks 0..nr-1, down blocks nr.. (K_s = 2 nr + (s < 2)).
 //
-// u_rows_s (N, W_s, U_s): concat_elu of the u stream's maps on row q of resolution s,
-// 2F per map: the up-pass block outputs (nr), then the down-pass ones (nr + (s < 2));
-// read only when the row updates resolution s.
-//
-// Blocks, in the schedule's order (b: index into the block weights): up blocks of
-// resolutions 0, 1, 2 (nr each), down blocks of resolutions 2 (nr), 1 (nr + 1), 0
-// (nr + 1): 6 nr + 2 in all. Block b at pixel (q, c) of its resolution, reading F-map
-// `source` and writing F-map `out` and c1 map k:
-//   t  = block_in_bias[b] + [ce(source)(q-1, c-1), (q-1, c), (q, c-1), (q, c), u tap,
-//        (down blocks) ce(F-map skip)(q, c)] @ block_in[b]        (taps of 2F rows)
-//   c1(q, c) = concat_elu(t)
-//   z  = block_out_bias[b, n] + [c1(q-1, c-1), (q-1, c), (q, c-1), (q, c)] @ block_out[b]
-//   out(q, c) = source(q, c) + z[:F] * sigmoid(z[F:])
-// Other layers: ul_init at (row, j): [features(row-1, j-1..j+1)] @ init_above + bias
-// (row > 0) + [features(row-1, j-1), (row, j-1)] @ init_left + bias (j > 0);
-// stride-2 convolution into resolution s: F-map nr of s - 1 at rows 2q-1, 2q, columns
-// 2c-1, 2c (4 taps of F) @ down[s-1] + down_bias[s-1]; transposed convolution into
-// s < 2: the last F-map of s + 1 at (q/2, c/2) @ up[s, 2 (q%2) + c%2] + up_bias[s];
-// head: elu(last F-map of s = 0)(row, j) @ head + head_bias: the DMOL parameters, drawn
-// with dmol_pixel_sample (dmol.h) and uniforms[j, :, n] unless known[n, j].
+// Blocks of each stream, in the schedule's order (b: index into its block weights): up
+// blocks of resolutions 0, 1, 2 (nr each), down blocks of resolutions 2 (nr), 1
+// (nr + 1), 0 (nr + 1): 6 nr + 2 in all. Block b at pixel (q, c), reading F-map
+// `source` and writing F-map `out` and c1 map k of its stream:
+//   ul: t = block_in_bias[b] + [ce(source)(q-1, c-1), (q-1, c), (q, c-1), (q, c),
+//           ce(u's F-map `out`)(q, c), (down blocks) ce(ul's F-map skip)(q, c)] @ block_in[b]
+//       z = block_out_bias[0, b, n] + [c1(q-1, c-1), (q-1, c), (q, c-1), (q, c)] @ block_out[b]
+//   u:  t = u_block_in_bias[b] + [ce(source)(q-1, c-1..c+1), (q, c-1..c+1),
+//           (down blocks) ce(u's F-map skip)(q, c)] @ u_block_in[b]
+//       z = block_out_bias[1, b, n] + [c1(q-1, c-1..c+1), (q, c-1..c+1)] @ u_block_out[b]
+//   both: c1(q, c) = concat_elu(t); out(q, c) = source(q, c) + z[:F] * sigmoid(z[F:])
+// (taps of 2F rows; ce = the concat_elu half of an F-map). Other layers:
+//   ul_init at (row, j): [features(row-1, j-1..j+1)] @ init_above + bias (row > 0)
+//     + [features(row-1, j-1), (row, j-1)] @ init_left + bias (j > 0);
+//   u_init at (row, c): [features(row-2, c-1..c+1), (row-1, c-1..c+1)] @ u_init + bias
+//     (row > 0; the network's down-shift);
+//   stride-2 convolution into s: F-map nr of s - 1 at rows 2q-1, 2q; ul: columns 2c-1,
+//     2c @ down[s-1] (4 taps of F); u: columns 2c-1..2c+1 @ u_down[s-1] (6 taps); + bias;
+//   transposed convolution into s < 2 from the last F-map of s + 1, row q/2: ul: column
+//     c/2 @ up[s, 2 (q%2) + c%2]; u: (cropped 2 x 3 kernel) column c/2 @ u_up[s, q%2, 0]
+//     for even c, columns (c+1)/2 @ u_up[s, q%2, 1] + (c-1)/2 @ u_up[s, q%2, 2] for odd
+//     c (kernel columns 1, 0, 2 in that order); + bias;
+//   head: elu(last ul F-map of s = 0)(row, j) @ head + head_bias: the DMOL parameters,
+//     drawn with dmol_pixel_sample (dmol.h) and uniforms[j, :, n] unless known[n, j].
 // Columns outside [0, W_s) read zeros. Weights (Tensor[] in the order of
 // GENFAST_PIXELCNNPP_ROW_WEIGHTS, the fields of genfast.ops.PixelCNNppRowWeights),
 // every matrix (inputs, outputs), tap-major rows (tap * inputs + channel):
 //   init_above (3 (C+1), F), init_above_bias (F), init_left (2 (C+1), F),
 //   init_left_bias (F), block_in (B, 12 F, F) (up blocks use the first 10 F rows),
 //   block_in_bias (B, F), block_out (B, 8 F, 2 F), down (2, 4 F, F), down_bias (2, F),
-//   up (2, 4, F, F), up_bias (2, F), head (F, P), head_bias (P)
-// plus block_out_bias (B, N, 2F) (bias + class embedding of each image).
+//   up (2, 4, F, F), up_bias (2, F), head (F, P), head_bias (P),
+//   u_init (6 (C+1), F), u_init_bias (F), u_block_in (B, 14 F, F) (up blocks: the first
+//   12 F rows), u_block_in_bias (B, F), u_block_out (B, 12 F, 2 F), u_down (2, 6 F, F),
+//   u_down_bias (2, F), u_up (2, 2, 3, F, F), u_up_bias (2, F)
+// plus block_out_bias (2, B, N, 2F): each block's second bias + class embedding per
+// image, ul blocks then u blocks.
 // values (N, C, W) int64, known (N, W) bool, uniforms (W, C + 1, N) float64.
 // Returns values (N, C, W) (-1 where a drawn pixel's parameters are not finite: it
 // feeds zero features onwards) and params (N, W, P).
@@ -62,7 +75,9 @@ namespace genfast {
 
 #define GENFAST_PIXELCNNPP_ROW_WEIGHTS(X)                                                  \
   X(init_above) X(init_above_bias) X(init_left) X(init_left_bias) X(block_in)              \
-  X(block_in_bias) X(block_out) X(down) X(down_bias) X(up) X(up_bias) X(head) X(head_bias)
+  X(block_in_bias) X(block_out) X(down) X(down_bias) X(up) X(up_bias) X(head) X(head_bias) \
+  X(u_init) X(u_init_bias) X(u_block_in) X(u_block_in_bias) X(u_block_out) X(u_down)       \
+  X(u_down_bias) X(u_up) X(u_up_bias)
 
 GENFAST_WEIGHT_TENSORS(PixelCNNppRowWeights, GENFAST_PIXELCNNPP_ROW_WEIGHTS)
 GENFAST_WEIGHT_POINTERS(PixelCNNppRowPointers, PixelCNNppRowWeights, GENFAST_PIXELCNNPP_ROW_WEIGHTS)
@@ -71,15 +86,15 @@ GENFAST_WEIGHT_POINTERS(PixelCNNppRowPointers, PixelCNNppRowWeights, GENFAST_PIX
 GENFAST_HOST_DEVICE inline int64_t pp_fmaps(int s, int64_t nr) { return s < 2 ? 2 * nr + 3 : 2 * nr + 1; }
 GENFAST_HOST_DEVICE inline int64_t pp_c1_offset(int s, int64_t nr, int64_t f) { return pp_fmaps(s, nr) * 3 * f; }
 GENFAST_HOST_DEVICE inline int64_t pp_c1_maps(int s, int64_t nr) { return 2 * nr + (s < 2); }
-GENFAST_HOST_DEVICE inline int64_t pp_image_offset(int s, int64_t nr, int64_t f) {
+// Values per pixel of one stream's part; the u stream's starts there.
+GENFAST_HOST_DEVICE inline int64_t pp_stream_offset(int s, int64_t nr, int64_t f) {
   return pp_c1_offset(s, nr, f) + pp_c1_maps(s, nr) * 2 * f;
+}
+GENFAST_HOST_DEVICE inline int64_t pp_image_offset(int s, int64_t nr, int64_t f) {
+  return 2 * pp_stream_offset(s, nr, f);
 }
 GENFAST_HOST_DEVICE inline int64_t pp_depth(int s, int64_t nr, int64_t f, int64_t channels) {
   return pp_image_offset(s, nr, f) + (s == 0 ? channels + 1 : 0);
-}
-GENFAST_HOST_DEVICE inline int64_t pp_down_blocks(int s, int64_t nr) { return nr + (s < 2); }
-GENFAST_HOST_DEVICE inline int64_t pp_u_depth(int s, int64_t nr, int64_t f) {
-  return (nr + pp_down_blocks(s, nr)) * 2 * f;
 }
 GENFAST_HOST_DEVICE inline int64_t pp_blocks(int64_t nr) { return 6 * nr + 2; }
 
@@ -88,9 +103,8 @@ struct PPBlock {
   int64_t source;     // F-map read (and added to the output)
   int64_t out;        // F-map written
   int64_t c1;         // c1 map written
-  int64_t u_tap;      // map of u_rows_s
   int64_t skip;       // F-map whose concat_elu is the last tap (down blocks), else -1
-  int taps;           // taps of 2F rows in block_in: 5 (up) or 6 (down)
+  bool down;          // a down-pass block (one more tap: its skip)
 };
 
 // Block k of resolution s's up (down = false) or down pass.
@@ -101,9 +115,8 @@ GENFAST_HOST_DEVICE inline PPBlock pp_block(int s, bool down, int64_t k, int64_t
     b.source = k;
     b.out = k + 1;
     b.c1 = k;
-    b.u_tap = k;
     b.skip = -1;
-    b.taps = 5;
+    b.down = false;
     return b;
   }
   b.index = s == 2 ? 3 * nr + k : (s == 1 ? 4 * nr + k : 5 * nr + 1 + k);
@@ -111,16 +124,39 @@ GENFAST_HOST_DEVICE inline PPBlock pp_block(int s, bool down, int64_t k, int64_t
   b.source = first + k;
   b.out = first + k + 1;
   b.c1 = nr + k;
-  b.u_tap = nr + k;
   // The matching up-pass map, in reverse order (genfast.models.PixelCNNpp.params).
   b.skip = s == 2 ? nr - 1 - k : nr - k;
-  b.taps = 6;
+  b.down = true;
   return b;
 }
 
-// The layers of column j of image row `row`, in order: the calls a kernel's step object
-// receives (init(j); block(s, spec, q, c); down(s, q, c): the stride-2 convolution into
-// resolution s; up(s, q, c): the transposed convolution into s; head(j)).
+// The u stream's rows of image row `row`, layer by layer, in order: the calls a
+// kernel's step object receives (u_init(); u_block(s, spec, q); u_down(s, q): the
+// stride-2 convolution into resolution s; u_up(s, q): the transposed one), each over
+// the whole row q of its resolution.
+template <typename Step>
+GENFAST_HOST_DEVICE void pixelcnnpp_u_rows(Step& step, int64_t row, int64_t nr) {
+  step.u_init();
+  for (int64_t k = 0; k < nr; ++k) step.u_block(0, pp_block(0, false, k, nr), row);
+  if (row % 2 == 0) {
+    step.u_down(1, row / 2);
+    for (int64_t k = 0; k < nr; ++k) step.u_block(1, pp_block(1, false, k, nr), row / 2);
+  }
+  if (row % 4 == 0) {
+    step.u_down(2, row / 4);
+    for (int64_t k = 0; k < nr; ++k) step.u_block(2, pp_block(2, false, k, nr), row / 4);
+    for (int64_t k = 0; k < nr; ++k) step.u_block(2, pp_block(2, true, k, nr), row / 4);
+  }
+  if (row % 2 == 0) {
+    step.u_up(1, row / 2);
+    for (int64_t k = 0; k <= nr; ++k) step.u_block(1, pp_block(1, true, k, nr), row / 2);
+  }
+  step.u_up(0, row);
+  for (int64_t k = 0; k <= nr; ++k) step.u_block(0, pp_block(0, true, k, nr), row);
+}
+
+// The ul stream's layers of column j of image row `row`, in order (init(j); block(s,
+// spec, q, c); down(s, q, c); up(s, q, c); head(j)), after pixelcnnpp_u_rows.
 template <typename Step>
 GENFAST_HOST_DEVICE void pixelcnnpp_column(Step& step, int64_t row, int64_t j, int64_t nr) {
   step.init(j);
@@ -145,13 +181,12 @@ GENFAST_HOST_DEVICE void pixelcnnpp_column(Step& step, int64_t row, int64_t j, i
 
 struct PixelCNNppRowShape {
   int64_t batch, channels, width, filters, nr, params, mixtures, levels, row;
-  int64_t widths[3], depths[3], u_depths[3];
+  int64_t widths[3], depths[3];
 };
 
 // Checks every argument (shapes, dtypes, devices, row, and with check_levels the known
 // values) the same way on every backend and returns the sizes.
-PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tensor* u_rows,
-                                        const at::Tensor& values, const at::Tensor& known,
+PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tensor& values, const at::Tensor& known,
                                         const at::Tensor& uniforms, double temperature,
                                         const at::Tensor& block_out_bias, int64_t row, int64_t levels,
                                         const PixelCNNppRowWeights& w, bool check_levels);

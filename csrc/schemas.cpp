@@ -47,11 +47,11 @@ TORCH_LIBRARY(genfast, m) {
   m.def("pixelcnn_row(Tensor values, Tensor known, Tensor uniforms, float temperature, "
         "Tensor input_bias, Tensor block_bias, Tensor[] weights, bool check_levels=True) "
         "-> (Tensor, Tensor, Tensor)");
-  // The ul stream of one image row of PixelCNN++'s cached sampler (layout in
-  // csrc/pixelcnnpp_row.h): every layer at the row's pixels at the three resolutions,
-  // updating the states in place, and the draws; returns (values, params).
-  m.def("pixelcnnpp_row(Tensor(a!) state0, Tensor(b!) state1, Tensor(c!) state2, Tensor u_rows0, "
-        "Tensor u_rows1, Tensor u_rows2, Tensor values, Tensor known, Tensor uniforms, "
+  // One image row of PixelCNN++'s cached sampler (layout in csrc/pixelcnnpp_row.h):
+  // both streams' layers on the row at the three resolutions, updating the states in
+  // place, and the draws; returns (values, params).
+  m.def("pixelcnnpp_row(Tensor(a!) state0, Tensor(b!) state1, Tensor(c!) state2, "
+        "Tensor values, Tensor known, Tensor uniforms, "
         "float temperature, Tensor block_out_bias, int row, int levels, Tensor[] weights, "
         "bool check_levels=True) -> (Tensor, Tensor)");
   // One token of key/value-cached decoding of a decoder-only transformer (layout in

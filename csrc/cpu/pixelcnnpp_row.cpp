@@ -1,6 +1,7 @@
-// pixelcnnpp_row on the CPU: the ul stream of a whole image row (layout and schedule in
+// pixelcnnpp_row on the CPU: a whole image row of both streams (layout and schedule in
 // csrc/pixelcnnpp_row.h) in one op call. Images are independent, so they are split over
-// threads in blocks of kRows; a thread walks the row's columns for each of its blocks,
+// threads in blocks of kRows; a thread runs the row's u layers and then walks its
+// columns for each of its blocks,
 // every layer one small register-blocked GEMM (step_kernels) whose rows are the block's
 // images, its taps read in place from the state through per-image pointers (a zero
 // vector outside the image).
@@ -41,7 +42,6 @@ template <typename T>
 struct RowArgs {
   const PixelCNNppRowShape* shape;
   T* state[3];
-  const T* u_rows[3];
   const int64_t* values;
   const bool* known;
   const double* uniforms;
@@ -52,19 +52,27 @@ struct RowArgs {
   T* params;
 };
 
-// The layers of pixelcnnpp_column for images [n0, n0 + rows), rows <= kRows.
+// The layers of pixelcnnpp_u_rows and pixelcnnpp_column for images [n0, n0 + rows),
+// rows <= kRows.
 template <typename T>
 struct Step {
   const RowArgs<T>& a;
   const MathKernels<T>& math;
   const T* zeros;  // >= 3F + C + 1 zeros: taps outside the image
-  T* y;            // kRows * max(2F, F + F) scratch
+  T* y;            // kRows * 2F scratch
   T* y2;
   int64_t n0;
   int rows;
-  const T* x[6 * kRows];
+  const T* x[7 * kRows];
 
   int64_t F() const { return a.shape->filters; }
+  // Offsets within a pixel: F-map m and c1 map k of the ul (u = false) or u stream.
+  int64_t fmap(int s, bool u, int64_t m) const {
+    return (u ? pp_stream_offset(s, a.shape->nr, F()) : 0) + m * 3 * F();
+  }
+  int64_t c1map(int s, bool u, int64_t k) const {
+    return (u ? pp_stream_offset(s, a.shape->nr, F()) : 0) + pp_c1_offset(s, a.shape->nr, F()) + k * 2 * F();
+  }
   T* pixel(int s, int r, int64_t q, int64_t c) const {
     const PixelCNNppRowShape& sh = *a.shape;
     return a.state[s] + (((n0 + r) * 2 + (q & 1)) * sh.widths[s] + c) * sh.depths[s];
@@ -73,91 +81,156 @@ struct Step {
     if (q < 0 || c < 0 || c >= a.shape->widths[s]) return zeros;
     return pixel(s, r, q, c) + offset;
   }
-  // Writes F-map m of pixel (q, c) from y (rows x F) and its concat_elu.
-  void put_map(int s, int64_t m, int64_t q, int64_t c, const T* src, int64_t ld) const {
+  // Writes the F-map at `offset` of pixel (q, c) from src (rows x F, leading dim ld)
+  // and its concat_elu.
+  void put_map(int s, int64_t offset, int64_t q, int64_t c, const T* src, int64_t ld) const {
     const int64_t f = F();
     for (int r = 0; r < rows; ++r) {
-      T* dst = pixel(s, r, q, c) + m * 3 * f;
+      T* dst = pixel(s, r, q, c) + offset;
       std::copy(src + r * ld, src + r * ld + f, dst);
       concat_elu_run(dst, dst + f, dst + 2 * f, f);
     }
   }
+  // c1 map at `c1` of pixel (q, c) = concat_elu(y).
+  void put_c1(int s, int64_t c1, int64_t q, int64_t c) const {
+    const int64_t f = F();
+    for (int r = 0; r < rows; ++r) {
+      T* dst = pixel(s, r, q, c) + c1;
+      concat_elu_run(y + r * f, dst, dst + f, f);
+    }
+  }
+  // out = source + gate(y + block_out_bias[stream, b]) at pixel (q, c).
+  void put_gated(int s, bool u, const PPBlock& b, int64_t q, int64_t c) const {
+    const PixelCNNppRowShape& sh = *a.shape;
+    const int64_t f = F();
+    for (int r = 0; r < rows; ++r) {
+      const T* bias = a.block_out_bias + (((u ? pp_blocks(sh.nr) : 0) + b.index) * sh.batch + n0 + r) * 2 * f;
+      T* px = pixel(s, r, q, c);
+      T* dst = px + fmap(s, u, b.out);
+      gated_residual(px + fmap(s, u, b.source), y + r * 2 * f, bias, dst, f);
+      concat_elu_run(dst, dst + f, dst + 2 * f, f);
+    }
+  }
+  // x[t * kRows + r] = read(s, r, q + dq[t], c + dc[t], offset) for t < taps.
+  void taps(int s, int count, const int* dq, const int* dc, int64_t q, int64_t c, int64_t offset) {
+    for (int t = 0; t < count; ++t)
+      for (int r = 0; r < rows; ++r) x[t * kRows + r] = read(s, r, q + dq[t], c + dc[t], offset);
+  }
 
+  // ---- the u stream: whole rows ----
+  void u_init() {  // down_shift(conv 2x3): features of rows row - 2, row - 1
+    const PixelCNNppRowShape& sh = *a.shape;
+    const int64_t f = F(), cin = sh.channels + 1, row = sh.row;
+    static constexpr int dq[6] = {-2, -2, -2, -1, -1, -1}, dc[6] = {-1, 0, 1, -1, 0, 1};
+    std::fill(y, y + kRows * f, T(0));
+    for (int64_t c = 0; c < sh.width; ++c) {
+      if (row > 0) {
+        taps(0, 6, dq, dc, row, c, pp_image_offset(0, sh.nr, f));
+        math.gemm(rows, 6, x, cin, a.w.u_init, f, f, a.w.u_init_bias, y, f);
+      }
+      put_map(0, fmap(0, true, 0), row, c, y, f);
+    }
+  }
+
+  void u_block(int s, const PPBlock& b, int64_t q) {
+    const int64_t f = F(), c1 = c1map(s, true, b.c1), ce = fmap(s, true, b.source) + f;
+    static constexpr int dq[6] = {-1, -1, -1, 0, 0, 0}, dc[6] = {-1, 0, 1, -1, 0, 1};
+    for (int64_t c = 0; c < a.shape->widths[s]; ++c) {
+      taps(s, 6, dq, dc, q, c, ce);
+      if (b.down)
+        for (int r = 0; r < rows; ++r) x[6 * kRows + r] = read(s, r, q, c, fmap(s, true, b.skip) + f);
+      math.gemm(rows, b.down ? 7 : 6, x, 2 * f, a.w.u_block_in + b.index * 14 * f * f, f, f,
+                a.w.u_block_in_bias + b.index * f, y, f);
+      put_c1(s, c1, q, c);
+    }
+    for (int64_t c = 0; c < a.shape->widths[s]; ++c) {  // the c1 row is complete: its c + 1 taps exist
+      taps(s, 6, dq, dc, q, c, c1);
+      math.gemm(rows, 6, x, 2 * f, a.w.u_block_out + b.index * 24 * f * f, 2 * f, 2 * f, nullptr, y, 2 * f);
+      put_gated(s, true, b, q, c);
+    }
+  }
+
+  void u_down(int s, int64_t q) {  // stride 2: rows 2q - 1, 2q, columns 2c - 1..2c + 1
+    const int64_t f = F(), finer = fmap(s - 1, true, a.shape->nr);
+    for (int64_t c = 0; c < a.shape->widths[s]; ++c) {
+      for (int t = 0; t < 6; ++t)
+        for (int r = 0; r < rows; ++r) x[t * kRows + r] = read(s - 1, r, 2 * q - 1 + t / 3, 2 * c - 1 + t % 3, finer);
+      math.gemm(rows, 6, x, f, a.w.u_down + (s - 1) * 6 * f * f, f, f, a.w.u_down_bias + (s - 1) * f, y, f);
+      put_map(s, fmap(s, true, 0), q, c, y, f);
+    }
+  }
+
+  void u_up(int s, int64_t q) {  // transposed 2x3, cropped: row q / 2, kernel row q % 2
+    const PixelCNNppRowShape& sh = *a.shape;
+    const int64_t f = F(), coarse = fmap(s + 1, true, pp_fmaps(s + 1, sh.nr) - 1);
+    const T* w = a.w.u_up + (s * 2 + q % 2) * 3 * f * f;  // kernel columns 1, 0, 2
+    for (int64_t c = 0; c < sh.widths[s]; ++c) {
+      const bool odd = c % 2;
+      for (int r = 0; r < rows; ++r) {
+        x[r] = read(s + 1, r, q / 2, odd ? (c + 1) / 2 : c / 2, coarse);
+        x[kRows + r] = read(s + 1, r, q / 2, (c - 1) / 2, coarse);
+      }
+      math.gemm(rows, odd ? 2 : 1, x, f, odd ? w + f * f : w, f, f, a.w.u_up_bias + s * f, y, f);
+      put_map(s, fmap(s, true, sh.nr + 1), q, c, y, f);
+    }
+  }
+
+  // ---- the ul stream: one pixel ----
   void init(int64_t j) {
     const PixelCNNppRowShape& sh = *a.shape;
     const int64_t f = F(), cin = sh.channels + 1, row = sh.row;
     const int64_t image = pp_image_offset(0, sh.nr, f);
     std::fill(y, y + kRows * f, T(0));
     if (row > 0) {  // down_shift(conv 1x3): features of row - 1, columns j - 1..j + 1
-      for (int t = 0; t < 3; ++t)
-        for (int r = 0; r < rows; ++r) x[t * kRows + r] = read(0, r, row - 1, j - 1 + t, image);
+      static constexpr int dq[3] = {-1, -1, -1}, dc[3] = {-1, 0, 1};
+      taps(0, 3, dq, dc, row, j, image);
       math.gemm(rows, 3, x, cin, a.w.init_above, f, f, a.w.init_above_bias, y, f);
     }
     if (j > 0) {  // right_shift(conv 2x1): rows row - 1, row of column j - 1
-      for (int r = 0; r < rows; ++r) {
-        x[r] = read(0, r, row - 1, j - 1, image);
-        x[kRows + r] = read(0, r, row, j - 1, image);
-      }
+      static constexpr int dq[2] = {-1, 0}, dc[2] = {-1, -1};
+      taps(0, 2, dq, dc, row, j, image);
       math.gemm(rows, 2, x, cin, a.w.init_left, f, f, a.w.init_left_bias, y2, f);
       for (int64_t i = 0; i < rows * f; ++i) y[i] += y2[i];
     }
-    put_map(0, 0, row, j, y, f);
+    put_map(0, fmap(0, false, 0), row, j, y, f);
   }
 
   void block(int s, const PPBlock& b, int64_t q, int64_t c) {
-    const PixelCNNppRowShape& sh = *a.shape;
-    const int64_t f = F(), c1 = pp_c1_offset(s, sh.nr, f) + b.c1 * 2 * f;
-    const int64_t ce = b.source * 3 * f + f;
+    const int64_t f = F(), c1 = c1map(s, false, b.c1);
+    static constexpr int dq[4] = {-1, -1, 0, 0}, dc[4] = {-1, 0, -1, 0};
+    taps(s, 4, dq, dc, q, c, fmap(s, false, b.source) + f);
     for (int r = 0; r < rows; ++r) {
-      x[0 * kRows + r] = read(s, r, q - 1, c - 1, ce);
-      x[1 * kRows + r] = read(s, r, q - 1, c, ce);
-      x[2 * kRows + r] = read(s, r, q, c - 1, ce);
-      x[3 * kRows + r] = read(s, r, q, c, ce);
-      x[4 * kRows + r] = a.u_rows[s] + ((n0 + r) * sh.widths[s] + c) * sh.u_depths[s] + b.u_tap * 2 * f;
-      if (b.skip >= 0) x[5 * kRows + r] = read(s, r, q, c, b.skip * 3 * f + f);
+      x[4 * kRows + r] = read(s, r, q, c, fmap(s, true, b.out) + f);  // u at the same position
+      if (b.down) x[5 * kRows + r] = read(s, r, q, c, fmap(s, false, b.skip) + f);
     }
-    math.gemm(rows, b.taps, x, 2 * f, a.w.block_in + b.index * 12 * f * f, f, f,
+    math.gemm(rows, b.down ? 6 : 5, x, 2 * f, a.w.block_in + b.index * 12 * f * f, f, f,
               a.w.block_in_bias + b.index * f, y, f);
-    for (int r = 0; r < rows; ++r) {
-      T* dst = pixel(s, r, q, c) + c1;
-      concat_elu_run(y + r * f, dst, dst + f, f);
-    }
-    for (int r = 0; r < rows; ++r) {
-      x[0 * kRows + r] = read(s, r, q - 1, c - 1, c1);
-      x[1 * kRows + r] = read(s, r, q - 1, c, c1);
-      x[2 * kRows + r] = read(s, r, q, c - 1, c1);
-      x[3 * kRows + r] = read(s, r, q, c, c1);
-    }
+    put_c1(s, c1, q, c);
+    taps(s, 4, dq, dc, q, c, c1);
     math.gemm(rows, 4, x, 2 * f, a.w.block_out + b.index * 16 * f * f, 2 * f, 2 * f, nullptr, y, 2 * f);
-    for (int r = 0; r < rows; ++r) {
-      const T* bias = a.block_out_bias + (b.index * sh.batch + n0 + r) * 2 * f;
-      T* px = pixel(s, r, q, c);
-      T* dst = px + b.out * 3 * f;
-      gated_residual(px + b.source * 3 * f, y + r * 2 * f, bias, dst, f);
-      concat_elu_run(dst, dst + f, dst + 2 * f, f);
-    }
+    put_gated(s, false, b, q, c);
   }
 
   void down(int s, int64_t q, int64_t c) {  // stride 2: rows 2q - 1, 2q, columns 2c - 1, 2c
-    const int64_t f = F(), finer = a.shape->nr * 3 * f;
+    const int64_t f = F(), finer = fmap(s - 1, false, a.shape->nr);
     for (int t = 0; t < 4; ++t)
       for (int r = 0; r < rows; ++r) x[t * kRows + r] = read(s - 1, r, 2 * q - 1 + t / 2, 2 * c - 1 + t % 2, finer);
     math.gemm(rows, 4, x, f, a.w.down + (s - 1) * 4 * f * f, f, f, a.w.down_bias + (s - 1) * f, y, f);
-    put_map(s, 0, q, c, y, f);
+    put_map(s, fmap(s, false, 0), q, c, y, f);
   }
 
-  void up(int s, int64_t q, int64_t c) {  // transposed: (q, c) reads (q / 2, c / 2), tap (q % 2, c % 2)
+  void up(int s, int64_t q, int64_t c) {  // transposed: (q / 2, c / 2), tap (q % 2, c % 2)
     const PixelCNNppRowShape& sh = *a.shape;
-    const int64_t f = F(), coarse = (pp_fmaps(s + 1, sh.nr) - 1) * 3 * f;
+    const int64_t f = F(), coarse = fmap(s + 1, false, pp_fmaps(s + 1, sh.nr) - 1);
     for (int r = 0; r < rows; ++r) x[r] = read(s + 1, r, q / 2, c / 2, coarse);
     math.gemm(rows, 1, x, f, a.w.up + (s * 4 + (q % 2) * 2 + c % 2) * f * f, f, f, a.w.up_bias + s * f, y, f);
-    put_map(s, sh.nr + 1, q, c, y, f);
+    put_map(s, fmap(s, false, sh.nr + 1), q, c, y, f);
   }
 
   void head(int64_t j) {
     const PixelCNNppRowShape& sh = *a.shape;
     const int64_t f = F(), P = sh.params, W = sh.width, C = sh.channels, N = sh.batch, L = sh.levels;
-    const int64_t elu = (pp_fmaps(0, sh.nr) - 1) * 3 * f + f;  // elu(x): the first half of concat_elu
+    const int64_t elu = fmap(0, false, pp_fmaps(0, sh.nr) - 1) + f;  // elu(x): the first half of concat_elu
     for (int r = 0; r < rows; ++r) x[r] = read(0, r, sh.row, j, elu);
     T* params = a.params + (n0 * W + j) * P;
     math.gemm(rows, 1, x, f, a.w.head, P, P, a.w.head_bias, params, W * P);
@@ -190,22 +263,19 @@ struct Step {
 };
 
 std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cpu(
-    at::Tensor& state0, at::Tensor& state1, at::Tensor& state2, const at::Tensor& u_rows0,
-    const at::Tensor& u_rows1, const at::Tensor& u_rows2, const at::Tensor& values, const at::Tensor& known,
+    at::Tensor& state0, at::Tensor& state1, at::Tensor& state2, const at::Tensor& values, const at::Tensor& known,
     const at::Tensor& uniforms, double temperature, const at::Tensor& block_out_bias, int64_t row,
     int64_t levels, at::TensorList weights, bool check_levels) {
   const char* op = "pixelcnnpp_row";
   const PixelCNNppRowWeights w = unpack_weights<PixelCNNppRowWeights>(op, weights);
   const at::Tensor states[3] = {state0, state1, state2};
-  const at::Tensor u_rows[3] = {u_rows0, u_rows1, u_rows2};
-  const PixelCNNppRowShape s = check_pixelcnnpp_row(states, u_rows, values, known, uniforms, temperature,
+  const PixelCNNppRowShape s = check_pixelcnnpp_row(states, values, known, uniforms, temperature,
                                                     block_out_bias, row, levels, w, check_levels);
   check_cpu(op, w.init_above, "init_above");
   for (int r = 0; r < 3; ++r) {
     TORCH_CHECK_VALUE(states[r].is_contiguous(), op, ": state", r, " must be contiguous (it is updated in place)");
   }
   const PixelCNNppRowWeights wc = contiguous_weights(w);
-  const at::Tensor u_c[3] = {u_rows0.contiguous(), u_rows1.contiguous(), u_rows2.contiguous()};
   const at::Tensor values_c = values.contiguous(), known_c = known.contiguous(),
                    uniforms_c = uniforms.contiguous(), bias_c = block_out_bias.contiguous();
   at::Tensor values_out = at::empty({s.batch, s.channels, s.width}, values.options());
@@ -215,7 +285,6 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cpu(
     a.shape = &s;
     for (int r = 0; r < 3; ++r) {
       a.state[r] = states[r].mutable_data_ptr<scalar_t>();
-      a.u_rows[r] = u_c[r].const_data_ptr<scalar_t>();
     }
     a.values = values_c.const_data_ptr<int64_t>();
     a.known = known_c.const_data_ptr<bool>();
@@ -233,6 +302,7 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cpu(
       for (int64_t n0 = b0; n0 < b1; n0 += kRows) {
         step.n0 = n0;
         step.rows = static_cast<int>(std::min<int64_t>(kRows, b1 - n0));
+        pixelcnnpp_u_rows(step, s.row, s.nr);
         for (int64_t j = 0; j < s.width; ++j) pixelcnnpp_column(step, s.row, j, s.nr);
       }
     });

@@ -1,32 +1,33 @@
-"""pixelcnnpp_row: the `ul` stream of one image row of PixelCNN++'s cached sampler.
+"""pixelcnnpp_row: one image row of PixelCNN++'s cached sampler, in one call.
 
-PixelCNN++'s cached sampler (genfast.models.pixelcnnpp_cache) computes the `u` stream
-(rows strictly above a pixel) one whole row per layer with batched convolutions at the
-start of each image row; this op then runs everything that depends on the pixels to
-the left, for the whole row in one call: at each column j, the ul layers at resolution
-0, and at resolutions 1 and 2 when the row and column are multiples of 2 and 4 (the
-first moment their output is computable: a stride-2^s layer updates every 2^s rows
-and columns), the output layer, and the draw of the pixel with dmol_sample's rule (or
-the known pixel), whose input features enter the state for the next columns and rows.
+PixelCNN++ has two streams: `u` sees the rows strictly above a pixel, `ul` the rows
+above and the pixels to the left. For image row r this op first computes the `u`
+stream's new rows, layer by layer over whole rows (they depend only on earlier image
+rows), then walks the columns: at each column j the `ul` layers at resolution 0, and
+at resolutions 1 and 2 when the row and column are multiples of 2 and 4 (the first
+moment their output is computable: a stride-2^s layer updates every 2^s rows and
+columns — fast-pixel-cnn's "cache every" rule, generalised), the output layer, and the
+draw of the pixel with dmol_sample's rule (or the known pixel), whose input features
+enter the state for the next columns and rows.
 
 State (updated in place): per resolution s, state_s (N, 2, W >> s, D_s), two rows of
-every ul map, row q in slot q % 2; per pixel each F-map's values followed by their
-concat_elu (what the next layers read), the blocks' concat_elu'd first convolutions,
-and at s = 0 the image features. Every layer reads at most rows q - 1 and q of its
-input (2 x 2 down-right-shifted kernels, stride-2 ones reading rows 2q - 1 and 2q of
-the finer map, transposed ones row q // 2 of the coarser), so two rows suffice. The
-exact layout, the per-column schedule and the weights' layout are in
-csrc/pixelcnnpp_row.h; `state_depth`, `u_depth` and `block_spec` below are its Python
-twins.
+every map of both streams, row q in slot q % 2; per pixel each map's values followed
+by their concat_elu (what the next layers read), the blocks' concat_elu'd first
+convolutions, and at s = 0 the image features. Every layer reads at most rows q - 1
+and q of its input (2 x 3 and 2 x 2 shifted kernels, stride-2 ones reading rows 2q - 1
+and 2q of the finer map, transposed ones row q // 2 of the coarser), so two rows
+suffice. The exact layout, the schedule and the weights' layout are in
+csrc/pixelcnnpp_row.h; `state_depth`, `block_spec`, `pixelcnnpp_u_rows` and
+`pixelcnnpp_column` below are its Python twins.
 
-Shapes (N images, C colours, W columns, F filters, nr = nr_resnet, B = 6 nr + 2 blocks,
-P DMOL parameters):
-  state0, state1, state2   (N, 2, W >> s, state_depth(s, nr, F, C)), float
-  u_rows0, u_rows1, u_rows2 (N, W >> s, u_depth(s, nr, F)): concat_elu of the u maps
-                           on the resolution's current row (read when updated)
+Shapes (N images, C colours, W columns, F filters, nr = nr_resnet, B = 6 nr + 2 blocks
+per stream, P DMOL parameters):
+  states: state0, state1, state2  (N, 2, W >> s, state_depth(s, nr, F, C)), float,
+                                  zeros before row 0
   values (N, C, W) int64, known (N, W) bool, uniforms (W, C + 1, N) float64
-  block_out_bias (B, N, 2F): each block's second bias + class embedding per image
-  row: the image row; levels: the levels per sub-pixel
+  block_out_bias (2, B, N, 2F): each block's second bias + class embedding per image
+                                  (ul blocks, then u blocks)
+  row: the image row (rows are run in order 0, 1, ...); levels: levels per sub-pixel
   PixelCNNppRowWeights: packed by genfast.models.pixelcnnpp_cache.pack_row_weights
 returns (values (N, C, W) int64, -1 where a drawn pixel's parameters were not finite;
 params (N, W, P)).
@@ -68,6 +69,12 @@ class PixelCNNppRowWeights(NamedTuple):
     on the four c1 taps; down (2, 4 F, F), down_bias (2, F): the stride-2 convolutions;
     up (2, 4, F, F), up_bias (2, F): the transposed ones, tap 2 (q % 2) + c % 2; head
     (F, P), head_bias (P): the output layer on elu(ul).
+    The u stream's (2 x 3 kernels, taps at rows q-1, q and columns c-1..c+1): u_init
+    (6 (C+1), F), u_init_bias (F): u_init on feature rows r-2, r-1 (its down-shift);
+    u_block_in (B, 14 F, F): the six taps of concat_elu(source), then for down blocks
+    the skip's concat_elu; u_block_in_bias (B, F); u_block_out (B, 12 F, 2 F); u_down
+    (2, 6 F, F), u_down_bias (2, F); u_up (2, 2, 3, F, F), u_up_bias (2, F): the
+    transposed 2 x 3 kernels per kernel row, kernel columns in the order 1, 0, 2.
     """
     init_above: torch.Tensor
     init_above_bias: torch.Tensor
@@ -82,6 +89,15 @@ class PixelCNNppRowWeights(NamedTuple):
     up_bias: torch.Tensor
     head: torch.Tensor
     head_bias: torch.Tensor
+    u_init: torch.Tensor
+    u_init_bias: torch.Tensor
+    u_block_in: torch.Tensor
+    u_block_in_bias: torch.Tensor
+    u_block_out: torch.Tensor
+    u_down: torch.Tensor
+    u_down_bias: torch.Tensor
+    u_up: torch.Tensor
+    u_up_bias: torch.Tensor
 
 
 # ---- layout (csrc/pixelcnnpp_row.h) ------------------------------------------------
@@ -97,8 +113,13 @@ def num_c1_maps(s: int, nr: int) -> int:
     return 2 * nr + (s < 2)
 
 
-def image_offset(s: int, nr: int, f: int) -> int:
+def stream_offset(s: int, nr: int, f: int) -> int:
+    """Values per pixel of one stream's part of state_s; the u stream's starts there."""
     return c1_offset(s, nr, f) + num_c1_maps(s, nr) * 2 * f
+
+
+def image_offset(s: int, nr: int, f: int) -> int:
+    return 2 * stream_offset(s, nr, f)
 
 
 def state_depth(s: int, nr: int, f: int, channels: int) -> int:
@@ -106,36 +127,54 @@ def state_depth(s: int, nr: int, f: int, channels: int) -> int:
     return image_offset(s, nr, f) + (channels + 1 if s == 0 else 0)
 
 
-def u_depth(s: int, nr: int, f: int) -> int:
-    """Values per pixel of u_rows_s: concat_elu of nr up-pass and nr + (s < 2) down-pass maps."""
-    return (2 * nr + (s < 2)) * 2 * f
-
-
 class BlockSpec(NamedTuple):
-    index: int   # into the block weights
+    index: int   # into the stream's block weights
     source: int  # F-map read (and added to the output)
     out: int     # F-map written
     c1: int      # c1 map written
-    u_tap: int   # map of u_rows_s
     skip: int    # F-map whose concat_elu is the last tap (down blocks), else -1
-    taps: int    # taps of 2F rows of block_in
+    down: bool   # a down-pass block
 
 
 def block_spec(s: int, down: bool, k: int, nr: int) -> BlockSpec:
     """Block k of resolution s's up or down pass (pp_block in the header)."""
     if not down:
-        return BlockSpec(s * nr + k, k, k + 1, k, k, -1, 5)
+        return BlockSpec(s * nr + k, k, k + 1, k, -1, False)
     index = 3 * nr + k if s == 2 else (4 * nr + k if s == 1 else 5 * nr + 1 + k)
     first = nr if s == 2 else nr + 1
-    return BlockSpec(index, first + k, first + k + 1, nr + k, nr + k, nr - 1 - k if s == 2 else nr - k, 6)
+    return BlockSpec(index, first + k, first + k + 1, nr + k, nr - 1 - k if s == 2 else nr - k, True)
 
 
 def num_blocks(nr: int) -> int:
     return 6 * nr + 2
 
 
+def pixelcnnpp_u_rows(step, row: int, nr: int) -> None:
+    """The u stream's rows of image row `row`, layer by layer (pixelcnnpp_u_rows in the header)."""
+    step.u_init()
+    for k in range(nr):
+        step.u_block(0, block_spec(0, False, k, nr), row)
+    if row % 2 == 0:
+        step.u_down(1, row // 2)
+        for k in range(nr):
+            step.u_block(1, block_spec(1, False, k, nr), row // 2)
+    if row % 4 == 0:
+        step.u_down(2, row // 4)
+        for k in range(nr):
+            step.u_block(2, block_spec(2, False, k, nr), row // 4)
+        for k in range(nr):
+            step.u_block(2, block_spec(2, True, k, nr), row // 4)
+    if row % 2 == 0:
+        step.u_up(1, row // 2)
+        for k in range(nr + 1):
+            step.u_block(1, block_spec(1, True, k, nr), row // 2)
+    step.u_up(0, row)
+    for k in range(nr + 1):
+        step.u_block(0, block_spec(0, True, k, nr), row)
+
+
 def pixelcnnpp_column(step, row: int, j: int, nr: int) -> None:
-    """The layers of column j of image row `row`, in order (pixelcnnpp_column in the header)."""
+    """The ul stream's layers of column j of image row `row`, in order (pixelcnnpp_column in the header)."""
     step.init(j)
     for k in range(nr):
         step.block(0, block_spec(0, False, k, nr), row, j)
@@ -164,15 +203,15 @@ def _fail(error, message):
     raise error(f"pixelcnnpp_row: {message}")
 
 
-def check_pixelcnnpp_row(states, u_rows, values, known, uniforms, temperature, block_out_bias, row,
-                         levels, weights: PixelCNNppRowWeights) -> tuple[int, int, int, int, int]:
+def check_pixelcnnpp_row(states, values, known, uniforms, temperature, block_out_bias, row, levels,
+                         weights: PixelCNNppRowWeights) -> tuple[int, int, int, int, int]:
     """The op's argument checks (ValueError / TypeError naming the argument); returns
     (N, C, W, F, nr)."""
     if not isinstance(weights, PixelCNNppRowWeights):
         _fail(TypeError, f"weights must be a PixelCNNppRowWeights, got {type(weights).__name__}")
     fixed = {"values": (values, torch.int64), "known": (known, torch.bool), "uniforms": (uniforms, torch.float64)}
-    floats = {**{f"state{s}": t for s, t in enumerate(states)}, **{f"u_rows{s}": t for s, t in enumerate(u_rows)},
-              "block_out_bias": block_out_bias, **weights._asdict()}
+    floats = {**{f"state{s}": t for s, t in enumerate(states)}, "block_out_bias": block_out_bias,
+              **weights._asdict()}
     check_tensors("pixelcnnpp_row", fixed, floats, "init_above", (torch.float32, torch.float64))
     if values.dim() != 3 or values.numel() == 0 or values.shape[1] not in (1, 3):
         _fail(ValueError, f"values must be a non-empty (N, C, W) tensor with C = 1 or 3, got shape "
@@ -201,11 +240,13 @@ def check_pixelcnnpp_row(states, u_rows, values, known, uniforms, temperature, b
     expected = {"init_above_bias": (f,), "init_left": (2 * (channels + 1), f), "init_left_bias": (f,),
                 "block_in": (blocks, 12 * f, f), "block_in_bias": (blocks, f), "block_out": (blocks, 8 * f, 2 * f),
                 "down": (2, 4 * f, f), "down_bias": (2, f), "up": (2, 4, f, f), "up_bias": (2, f),
-                "head_bias": (w.head.shape[1],), "block_out_bias": (blocks, n, 2 * f),
+                "head_bias": (w.head.shape[1],), "u_init": (6 * (channels + 1), f), "u_init_bias": (f,),
+                "u_block_in": (blocks, 14 * f, f), "u_block_in_bias": (blocks, f), "u_block_out": (blocks, 12 * f, 2 * f),
+                "u_down": (2, 6 * f, f), "u_down_bias": (2, f), "u_up": (2, 2, 3, f, f), "u_up_bias": (2, f),
+                "block_out_bias": (2, blocks, n, 2 * f),
                 "known": (n, width), "uniforms": (width, channels + 1, n)}
     for s in range(3):
         expected[f"state{s}"] = (n, 2, width >> s, state_depth(s, nr, f, channels))
-        expected[f"u_rows{s}"] = (n, width >> s, u_depth(s, nr, f))
     for name, t in {"known": known, "uniforms": uniforms, **floats}.items():
         if name in expected and tuple(t.shape) != expected[name]:
             _fail(ValueError, f"{name} must have shape {expected[name]}, got {tuple(t.shape)}")
@@ -219,11 +260,12 @@ def check_known_levels(values, known, levels: int) -> None:
 
 
 class _ReferenceStep:
-    """pixelcnnpp_column's step object in per-pixel torch ops (the kernels' twin)."""
+    """pixelcnnpp_u_rows' and pixelcnnpp_column's step object in per-pixel torch ops
+    (the kernels' twin)."""
 
-    def __init__(self, states, u_rows, values, known, uniforms, temperature, block_out_bias, row, levels,
+    def __init__(self, states, values, known, uniforms, temperature, block_out_bias, row, levels,
                  w: PixelCNNppRowWeights, nr: int):
-        self.states, self.u_rows, self.values, self.known = states, u_rows, values, known
+        self.states, self.values, self.known = states, values, known
         self.uniforms, self.temperature, self.bias_out = uniforms, temperature, block_out_bias
         self.row, self.levels, self.w, self.nr = row, levels, w, nr
         self.n, self.channels, self.width = values.shape
@@ -232,59 +274,116 @@ class _ReferenceStep:
         self.values_out = values.clone()
         self.params = w.head.new_empty((self.n, self.width, w.head.shape[1]))
 
+    def fmap(self, s: int, u: bool, m: int) -> int:
+        return (stream_offset(s, self.nr, self.f) if u else 0) + m * 3 * self.f
+
+    def c1map(self, s: int, u: bool, k: int) -> int:
+        return (stream_offset(s, self.nr, self.f) if u else 0) + c1_offset(s, self.nr, self.f) + k * 2 * self.f
+
     def read(self, s: int, q: int, c: int, offset: int, size: int) -> torch.Tensor:
         state = self.states[s]
         if q < 0 or c < 0 or c >= state.shape[2]:
             return state.new_zeros((self.n, size))
         return state[:, q % 2, c, offset:offset + size]
 
-    def put_map(self, s: int, m: int, q: int, c: int, value: torch.Tensor) -> None:
-        f = self.f
-        self.states[s][:, q % 2, c, m * 3 * f:(m + 1) * 3 * f] = torch.cat([value, F.elu(value), F.elu(-value)], 1)
+    def taps(self, s, q, c, rows, cols, offset, size):
+        return [self.read(s, q + dq, c + dc, offset, size) for dq in rows for dc in cols]
 
+    def put_map(self, s: int, offset: int, q: int, c: int, value: torch.Tensor) -> None:
+        self.states[s][:, q % 2, c, offset:offset + 3 * self.f] = torch.cat([value, F.elu(value), F.elu(-value)], 1)
+
+    def put_c1(self, s: int, offset: int, q: int, c: int, t: torch.Tensor) -> None:
+        self.states[s][:, q % 2, c, offset:offset + 2 * self.f] = torch.cat([F.elu(t), F.elu(-t)], 1)
+
+    def put_gated(self, s: int, u: bool, b: BlockSpec, q: int, c: int, z: torch.Tensor) -> None:
+        f = self.f
+        z = z + self.bias_out[int(u), b.index]
+        source = self.read(s, q, c, self.fmap(s, u, b.source), f)
+        self.put_map(s, self.fmap(s, u, b.out), q, c, source + z[:, :f] * torch.sigmoid(z[:, f:]))
+
+    # ---- the u stream: whole rows ----
+    def u_init(self) -> None:
+        w, row = self.w, self.row
+        for c in range(self.width):
+            value = w.u_init.new_zeros((self.n, self.f))
+            if row > 0:  # down_shift(conv 2x3): feature rows row - 2, row - 1
+                taps = self.taps(0, row, c, (-2, -1), (-1, 0, 1), image_offset(0, self.nr, self.f), self.channels + 1)
+                value = torch.addmm(w.u_init_bias, torch.cat(taps, 1), w.u_init)
+            self.put_map(0, self.fmap(0, True, 0), row, c, value)
+
+    def u_block(self, s: int, b: BlockSpec, q: int) -> None:
+        w, f = self.w, self.f
+        c1 = self.c1map(s, True, b.c1)
+        for c in range(self.states[s].shape[2]):
+            taps = self.taps(s, q, c, (-1, 0), (-1, 0, 1), self.fmap(s, True, b.source) + f, 2 * f)
+            if b.down:
+                taps.append(self.read(s, q, c, self.fmap(s, True, b.skip) + f, 2 * f))
+            weight = w.u_block_in[b.index, :len(taps) * 2 * f]
+            self.put_c1(s, c1, q, c, torch.addmm(w.u_block_in_bias[b.index], torch.cat(taps, 1), weight))
+        for c in range(self.states[s].shape[2]):  # the c1 row is complete: its c + 1 taps exist
+            taps = self.taps(s, q, c, (-1, 0), (-1, 0, 1), c1, 2 * f)
+            self.put_gated(s, True, b, q, c, torch.cat(taps, 1) @ w.u_block_out[b.index])
+
+    def u_down(self, s: int, q: int) -> None:  # stride 2: rows 2q - 1, 2q, columns 2c - 1..2c + 1
+        f = self.f
+        for c in range(self.states[s].shape[2]):
+            taps = [self.read(s - 1, 2 * q + dq, 2 * c + dc, self.fmap(s - 1, True, self.nr), f)
+                    for dq in (-1, 0) for dc in (-1, 0, 1)]
+            value = torch.addmm(self.w.u_down_bias[s - 1], torch.cat(taps, 1), self.w.u_down[s - 1])
+            self.put_map(s, self.fmap(s, True, 0), q, c, value)
+
+    def u_up(self, s: int, q: int) -> None:  # transposed 2x3, cropped: row q // 2, kernel row q % 2
+        f, w = self.f, self.w.u_up[s, q % 2]  # kernel columns 1, 0, 2
+        coarse = self.fmap(s + 1, True, num_fmaps(s + 1, self.nr) - 1)
+        for c in range(self.states[s].shape[2]):
+            if c % 2 == 0:
+                value = self.read(s + 1, q // 2, c // 2, coarse, f) @ w[0]
+            else:
+                value = (self.read(s + 1, q // 2, (c + 1) // 2, coarse, f) @ w[1] +
+                         self.read(s + 1, q // 2, (c - 1) // 2, coarse, f) @ w[2])
+            self.put_map(s, self.fmap(s, True, self.nr + 1), q, c, value + self.w.u_up_bias[s])
+
+    # ---- the ul stream: one pixel ----
     def init(self, j: int) -> None:
         w, f, row = self.w, self.f, self.row
         image, cin = image_offset(0, self.nr, f), self.channels + 1
         value = w.init_above.new_zeros((self.n, f))
         if row > 0:
-            taps = [self.read(0, row - 1, j - 1 + t, image, cin) for t in range(3)]
+            taps = self.taps(0, row, j, (-1,), (-1, 0, 1), image, cin)
             value = value + torch.addmm(w.init_above_bias, torch.cat(taps, 1), w.init_above)
         if j > 0:
-            taps = [self.read(0, row - 1, j - 1, image, cin), self.read(0, row, j - 1, image, cin)]
+            taps = self.taps(0, row, j, (-1, 0), (-1,), image, cin)
             value = value + torch.addmm(w.init_left_bias, torch.cat(taps, 1), w.init_left)
-        self.put_map(0, 0, row, j, value)
+        self.put_map(0, self.fmap(0, False, 0), row, j, value)
 
     def block(self, s: int, b: BlockSpec, q: int, c: int) -> None:
         w, f = self.w, self.f
-        c1 = c1_offset(s, self.nr, f) + b.c1 * 2 * f
-        ce = b.source * 3 * f + f
-        taps = [self.read(s, q - 1, c - 1, ce, 2 * f), self.read(s, q - 1, c, ce, 2 * f),
-                self.read(s, q, c - 1, ce, 2 * f), self.read(s, q, c, ce, 2 * f),
-                self.u_rows[s][:, c, b.u_tap * 2 * f:(b.u_tap + 1) * 2 * f]]
-        if b.skip >= 0:
-            taps.append(self.read(s, q, c, b.skip * 3 * f + f, 2 * f))
-        t = torch.addmm(w.block_in_bias[b.index], torch.cat(taps, 1), w.block_in[b.index, :b.taps * 2 * f])
-        self.states[s][:, q % 2, c, c1:c1 + 2 * f] = torch.cat([F.elu(t), F.elu(-t)], 1)
-        taps = [self.read(s, q - 1, c - 1, c1, 2 * f), self.read(s, q - 1, c, c1, 2 * f),
-                self.read(s, q, c - 1, c1, 2 * f), self.read(s, q, c, c1, 2 * f)]
-        z = torch.cat(taps, 1) @ w.block_out[b.index] + self.bias_out[b.index]
-        source = self.read(s, q, c, b.source * 3 * f, f)
-        self.put_map(s, b.out, q, c, source + z[:, :f] * torch.sigmoid(z[:, f:]))
+        c1 = self.c1map(s, False, b.c1)
+        taps = self.taps(s, q, c, (-1, 0), (-1, 0), self.fmap(s, False, b.source) + f, 2 * f)
+        taps.append(self.read(s, q, c, self.fmap(s, True, b.out) + f, 2 * f))  # u at the same position
+        if b.down:
+            taps.append(self.read(s, q, c, self.fmap(s, False, b.skip) + f, 2 * f))
+        weight = w.block_in[b.index, :len(taps) * 2 * f]
+        self.put_c1(s, c1, q, c, torch.addmm(w.block_in_bias[b.index], torch.cat(taps, 1), weight))
+        taps = self.taps(s, q, c, (-1, 0), (-1, 0), c1, 2 * f)
+        self.put_gated(s, False, b, q, c, torch.cat(taps, 1) @ w.block_out[b.index])
 
     def down(self, s: int, q: int, c: int) -> None:
         f = self.f
-        taps = [self.read(s - 1, 2 * q - 1 + t // 2, 2 * c - 1 + t % 2, self.nr * 3 * f, f) for t in range(4)]
-        self.put_map(s, 0, q, c, torch.addmm(self.w.down_bias[s - 1], torch.cat(taps, 1), self.w.down[s - 1]))
+        taps = [self.read(s - 1, 2 * q + dq, 2 * c + dc, self.fmap(s - 1, False, self.nr), f)
+                for dq in (-1, 0) for dc in (-1, 0)]
+        value = torch.addmm(self.w.down_bias[s - 1], torch.cat(taps, 1), self.w.down[s - 1])
+        self.put_map(s, self.fmap(s, False, 0), q, c, value)
 
     def up(self, s: int, q: int, c: int) -> None:
         f = self.f
-        coarse = self.read(s + 1, q // 2, c // 2, (num_fmaps(s + 1, self.nr) - 1) * 3 * f, f)
+        coarse = self.read(s + 1, q // 2, c // 2, self.fmap(s + 1, False, num_fmaps(s + 1, self.nr) - 1), f)
         value = torch.addmm(self.w.up_bias[s], coarse, self.w.up[s, 2 * (q % 2) + c % 2])
-        self.put_map(s, self.nr + 1, q, c, value)
+        self.put_map(s, self.fmap(s, False, self.nr + 1), q, c, value)
 
     def head(self, j: int) -> None:
         f, w, row, channels = self.f, self.w, self.row, self.channels
-        elu = self.read(0, row, j, (num_fmaps(0, self.nr) - 1) * 3 * f + f, f)
+        elu = self.read(0, row, j, self.fmap(0, False, num_fmaps(0, self.nr) - 1) + f, f)
         params = torch.addmm(w.head_bias, elu, w.head)
         self.params[:, j] = params
         finite = torch.isfinite(params).all(1)
@@ -304,23 +403,23 @@ class _ReferenceStep:
         state[:, row % 2, j, image + channels] = 1.0
 
 
-def pixelcnnpp_row_reference(states, u_rows, values, known, uniforms, temperature, block_out_bias, row, levels,
+def pixelcnnpp_row_reference(states, values, known, uniforms, temperature, block_out_bias, row, levels,
                              weights: PixelCNNppRowWeights):
     """Pure-PyTorch twin of the op: the same schedule in per-pixel torch ops; updates
     the states in place, returns (values, params)."""
     nr = (weights.block_in.shape[0] - 2) // 6
-    step = _ReferenceStep(states, u_rows, values, known, uniforms, temperature, block_out_bias, row, levels,
-                          weights, nr)
+    step = _ReferenceStep(states, values, known, uniforms, temperature, block_out_bias, row, levels, weights, nr)
+    pixelcnnpp_u_rows(step, row, nr)
     for j in range(values.shape[2]):
         pixelcnnpp_column(step, row, j, nr)
     return step.values_out, step.params
 
 
-def pixelcnnpp_row(states, u_rows, values: torch.Tensor, known: torch.Tensor, uniforms: torch.Tensor,
+def pixelcnnpp_row(states, values: torch.Tensor, known: torch.Tensor, uniforms: torch.Tensor,
                    temperature: float, block_out_bias: torch.Tensor, row: int, levels: int,
                    weights: PixelCNNppRowWeights, *, impl: str = "auto", check_levels: bool = True):
-    """The ul stream of image row `row` of PixelCNN++'s cached sampler (module
-    docstring): updates states (three tensors) in place and returns (values (N, C, W)
+    """Image row `row` of PixelCNN++'s cached sampler (module docstring): updates
+    states (three tensors) in place and returns (values (N, C, W)
     int64, params (N, W, P)). Pixel j of image n keeps values[n, :, j] where
     known[n, j], else takes dmol_sample(its params, uniforms[j, :, n], temperature)
     (-1 for non-finite params; such a pixel feeds zero features to the later ones).
@@ -328,24 +427,23 @@ def pixelcnnpp_row(states, u_rows, values: torch.Tensor, known: torch.Tensor, un
     "reference". check_levels: check that the known values are levels (a device->host
     sync on a GPU); unchecked, an out-of-range known value reads as -1.
     """
-    states, u_rows = tuple(states), tuple(u_rows)
-    if len(states) != 3 or len(u_rows) != 3:
-        _fail(ValueError, f"states and u_rows must hold 3 tensors (resolutions 0, 1, 2), got "
-                          f"{len(states)} and {len(u_rows)}")
-    check_pixelcnnpp_row(states, u_rows, values, known, uniforms, temperature, block_out_bias, row, levels,
+    states = tuple(states)
+    if len(states) != 3:
+        _fail(ValueError, f"states must hold 3 tensors (resolutions 0, 1, 2), got {len(states)}")
+    check_pixelcnnpp_row(states, values, known, uniforms, temperature, block_out_bias, row, levels,
                          weights)
     if not OP.use_kernel(impl, weights.init_above):
         if check_levels and not torch.compiler.is_compiling():
             check_known_levels(values, known, levels)
-        return pixelcnnpp_row_reference(states, u_rows, values, known, uniforms, temperature, block_out_bias,
+        return pixelcnnpp_row_reference(states, values, known, uniforms, temperature, block_out_bias,
                                         row, levels, weights)
-    return torch.ops.genfast.pixelcnnpp_row(*states, *u_rows, values, known, uniforms, float(temperature),
+    return torch.ops.genfast.pixelcnnpp_row(*states, values, known, uniforms, float(temperature),
                                             block_out_bias, int(row), int(levels), list(weights),
                                             bool(check_levels))
 
 
 @OP.register_fake()
-def _(state0, state1, state2, u_rows0, u_rows1, u_rows2, values, known, uniforms, temperature, block_out_bias,
+def _(state0, state1, state2, values, known, uniforms, temperature, block_out_bias,
       row, levels, weights, check_levels=True):
     n, channels, width = values.shape
     head = weights[11]
