@@ -90,6 +90,8 @@ PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tens
     s.widths[r] = W >> r;
     s.depths[r] = pp_depth(r, nr, F, C);
     check_shape(kOp, states[r], kStateNames[r], {N, 2, s.widths[r], s.depths[r]});
+    TORCH_CHECK_VALUE(states[r].is_contiguous(), kOp, ": ", kStateNames[r],
+                      " must be contiguous (it is updated in place)");
   }
   // Kernels index within one image's state and within a weight with 32-bit integers.
   TORCH_CHECK_VALUE(2 * W * s.depths[0] <= kMaxIndex32 && bi.numel() <= kMaxIndex32 &&

@@ -70,6 +70,8 @@
 
 #include "checks.h"
 #include "common.h"
+#include "dmol.h"
+#include "sampling_math.h"
 
 namespace genfast {
 
@@ -179,13 +181,42 @@ GENFAST_HOST_DEVICE void pixelcnnpp_column(Step& step, int64_t row, int64_t j, i
   step.head(j);
 }
 
+// Pixel j's end of the column, for one image: its levels (the known ones, or a draw
+// with dmol_pixel_sample from params (P values) and its uniforms u, or -1 per colour when
+// a drawn pixel's params are not finite) into level_out[c * out_stride], and its input
+// features (level scaled to [-1, 1], 0 for -1; then 1) into feature[0..C].
+template <typename T>
+GENFAST_HOST_DEVICE inline void pp_finish_pixel(const T* params, int64_t P, bool known, const int64_t* given,
+                                                int64_t given_stride, PixelView<const double> u, int64_t C,
+                                                int64_t mixtures, int64_t L, double temperature,
+                                                int64_t* level_out, int64_t out_stride, T* feature) {
+  int64_t level[3];
+  if (known) {
+    for (int64_t c = 0; c < C; ++c) level[c] = known_level(given[c * given_stride], L);
+  } else {
+    bool finite = true;
+    for (int64_t i = 0; i < P; ++i) finite = finite && params[i] - params[i] == T(0);  // false for inf, NaN
+    if (finite) {
+      dmol_pixel_sample<T>({params, 1}, u, C, mixtures, L, temperature, {level, 1});
+    } else {
+      for (int64_t c = 0; c < C; ++c) level[c] = -1;
+    }
+  }
+  const T scale = static_cast<T>(2.0 / double(L - 1));  // as the sampler's float scale
+  for (int64_t c = 0; c < C; ++c) {
+    level_out[c * out_stride] = level[c];
+    feature[c] = level[c] >= 0 ? T(level[c]) * scale - T(1) : T(0);
+  }
+  feature[C] = T(1);
+}
+
 struct PixelCNNppRowShape {
   int64_t batch, channels, width, filters, nr, params, mixtures, levels, row;
   int64_t widths[3], depths[3];
 };
 
-// Checks every argument (shapes, dtypes, devices, row, and with check_levels the known
-// values) the same way on every backend and returns the sizes.
+// Checks every argument (shapes, dtypes, devices, contiguous states, row, and with
+// check_levels the known values) the same way on every backend and returns the sizes.
 PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tensor& values, const at::Tensor& known,
                                         const at::Tensor& uniforms, double temperature,
                                         const at::Tensor& block_out_bias, int64_t row, int64_t levels,

@@ -13,9 +13,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../dmol.h"
 #include "../pixelcnnpp_row.h"
-#include "../sampling_math.h"
 #include "elementwise.h"
 #include "fast_math.h"
 #include "step_kernels.h"
@@ -235,29 +233,11 @@ struct Step {
     T* params = a.params + (n0 * W + j) * P;
     math.gemm(rows, 1, x, f, a.w.head, P, P, a.w.head_bias, params, W * P);
     const int64_t image = pp_image_offset(0, sh.nr, f);
-    const T scale = static_cast<T>(2.0 / double(L - 1));  // as the sampler's float scale
     for (int r = 0; r < rows; ++r) {
       const int64_t n = n0 + r;
-      const T* p = params + r * W * P;
-      int64_t level[3];
-      if (a.known[n * W + j]) {
-        for (int64_t c = 0; c < C; ++c) level[c] = known_level(a.values[(n * C + c) * W + j], L);
-      } else {
-        bool finite = true;
-        for (int64_t i = 0; i < P; ++i) finite = finite && std::isfinite(p[i]);
-        if (finite) {
-          dmol_pixel_sample<T>({p, 1}, {a.uniforms + j * (C + 1) * N + n, N}, C, sh.mixtures, L,
-                               a.temperature, {level, 1});
-        } else {
-          for (int64_t c = 0; c < C; ++c) level[c] = -1;
-        }
-      }
-      T* feature = pixel(0, r, sh.row, j) + image;
-      for (int64_t c = 0; c < C; ++c) {
-        a.values_out[(n * C + c) * W + j] = level[c];
-        feature[c] = level[c] >= 0 ? T(level[c]) * scale - T(1) : T(0);
-      }
-      feature[C] = T(1);
+      pp_finish_pixel<T>(params + r * W * P, P, a.known[n * W + j], a.values + n * C * W + j, W,
+                         {a.uniforms + j * (C + 1) * N + n, N}, C, sh.mixtures, L, a.temperature,
+                         a.values_out + n * C * W + j, W, pixel(0, r, sh.row, j) + image);
     }
   }
 };
@@ -272,9 +252,6 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cpu(
   const PixelCNNppRowShape s = check_pixelcnnpp_row(states, values, known, uniforms, temperature,
                                                     block_out_bias, row, levels, w, check_levels);
   check_cpu(op, w.init_above, "init_above");
-  for (int r = 0; r < 3; ++r) {
-    TORCH_CHECK_VALUE(states[r].is_contiguous(), op, ": state", r, " must be contiguous (it is updated in place)");
-  }
   const PixelCNNppRowWeights wc = contiguous_weights(w);
   const at::Tensor values_c = values.contiguous(), known_c = known.contiguous(),
                    uniforms_c = uniforms.contiguous(), bias_c = block_out_bias.contiguous();

@@ -252,27 +252,10 @@ struct DeviceStep {
       y[col] = v;
     });
     if (threadIdx.x == 0) {
-      int64_t level[3];
-      const int64_t L = p.levels;
-      if (p.known[int64_t(n) * p.width + j]) {
-        for (int c = 0; c < C; ++c) level[c] = known_level(p.values[(int64_t(n) * C + c) * p.width + j], L);
-      } else {
-        bool finite = true;
-        for (int i = 0; i < P; ++i) finite = finite && isfinite(y[i]);
-        if (finite) {
-          dmol_pixel_sample<T>({y, 1}, {p.uniforms + int64_t(j) * (C + 1) * p.batch + n, p.batch}, C,
-                               p.mixtures, L, p.temperature, {level, 1});
-        } else {
-          for (int c = 0; c < C; ++c) level[c] = -1;
-        }
-      }
-      T* feature = pixel(0, row, j) + pp_image_offset(0, p.nr, f);
-      const T scale = static_cast<T>(2.0 / double(L - 1));  // as the sampler's float scale
-      for (int c = 0; c < C; ++c) {
-        p.values_out[(int64_t(n) * C + c) * p.width + j] = level[c];
-        feature[c] = level[c] >= 0 ? T(level[c]) * scale - T(1) : T(0);
-      }
-      feature[C] = T(1);
+      const int64_t W = p.width;
+      pp_finish_pixel<T>(y, P, p.known[n * W + j], p.values + n * C * W + j, W,
+                         {p.uniforms + int64_t(j) * (C + 1) * p.batch + n, p.batch}, C, p.mixtures, p.levels,
+                         p.temperature, p.values_out + n * C * W + j, W, pixel(0, row, j) + pp_image_offset(0, p.nr, f));
     }
     __syncthreads();
   }
@@ -301,9 +284,6 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cuda(
   const PixelCNNppRowShape s = check_pixelcnnpp_row(states, values, known, uniforms, temperature,
                                                     block_out_bias, row, levels, w, check_levels);
   check_cuda(op, w.init_above, "init_above");
-  for (int r = 0; r < 3; ++r) {
-    TORCH_CHECK_VALUE(states[r].is_contiguous(), op, ": state", r, " must be contiguous (it is updated in place)");
-  }
   const int64_t shared_bytes = (14 * s.filters + std::max(2 * s.filters, s.params)) *
                                static_cast<int64_t>(w.init_above.element_size());
   TORCH_CHECK_VALUE(shared_bytes <= kMaxSharedBytes, op, ": F = ", s.filters, " and P = ", s.params,
