@@ -107,4 +107,28 @@ PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tens
   return s;
 }
 
+PixelCNNppRowCall prepare_pixelcnnpp_row(const at::Tensor& state0, const at::Tensor& state1,
+                                         const at::Tensor& state2, const at::Tensor& values,
+                                         const at::Tensor& known, const at::Tensor& uniforms,
+                                         double temperature, const at::Tensor& block_out_bias, int64_t row,
+                                         int64_t levels, at::TensorList weights, bool check_levels) {
+  PixelCNNppRowCall call;
+  const PixelCNNppRowWeights w = unpack_weights<PixelCNNppRowWeights>(kOp, weights);
+  call.states[0] = state0;
+  call.states[1] = state1;
+  call.states[2] = state2;
+  call.shape = check_pixelcnnpp_row(call.states, values, known, uniforms, temperature, block_out_bias, row,
+                                    levels, w, check_levels);
+  call.weights = contiguous_weights(w);
+  call.values = values.contiguous();
+  call.known = known.contiguous();
+  call.uniforms = uniforms.contiguous();
+  call.block_out_bias = block_out_bias.contiguous();
+  call.temperature = temperature;
+  const PixelCNNppRowShape& s = call.shape;
+  call.values_out = at::empty({s.batch, s.channels, s.width}, values.options());
+  call.params = at::empty({s.batch, s.width, s.params}, w.init_above.options());
+  return call;
+}
+
 }  // namespace genfast

@@ -217,9 +217,50 @@ struct PixelCNNppRowShape {
 
 // Checks every argument (shapes, dtypes, devices, contiguous states, row, and with
 // check_levels the known values) the same way on every backend and returns the sizes.
-PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tensor& values, const at::Tensor& known,
-                                        const at::Tensor& uniforms, double temperature,
-                                        const at::Tensor& block_out_bias, int64_t row, int64_t levels,
-                                        const PixelCNNppRowWeights& w, bool check_levels);
+PixelCNNppRowShape check_pixelcnnpp_row(const at::Tensor* states, const at::Tensor& values,
+                                        const at::Tensor& known, const at::Tensor& uniforms,
+                                        double temperature, const at::Tensor& block_out_bias, int64_t row,
+                                        int64_t levels, const PixelCNNppRowWeights& w, bool check_levels);
+
+// One call, checked, its inputs made contiguous and its outputs (values (N, C, W), params
+// (N, W, P)) allocated: what both backends' entry points start from.
+struct PixelCNNppRowCall {
+  PixelCNNppRowShape shape;
+  PixelCNNppRowWeights weights;
+  at::Tensor states[3], values, known, uniforms, block_out_bias, values_out, params;
+  double temperature;
+};
+PixelCNNppRowCall prepare_pixelcnnpp_row(const at::Tensor& state0, const at::Tensor& state1,
+                                         const at::Tensor& state2, const at::Tensor& values,
+                                         const at::Tensor& known, const at::Tensor& uniforms,
+                                         double temperature, const at::Tensor& block_out_bias, int64_t row,
+                                         int64_t levels, at::TensorList weights, bool check_levels);
+
+// The kernels' pointers into a call's tensors (trivially copyable: a CUDA kernel takes
+// it by value).
+template <typename T>
+struct PixelCNNppRowArgs {
+  T* state[3];
+  const int64_t* values;
+  const bool* known;
+  const double* uniforms;
+  double temperature;
+  const T* block_out_bias;
+  PixelCNNppRowPointers<T> w;
+  int64_t* values_out;
+  T* params;
+
+  void set(const PixelCNNppRowCall& call) {
+    for (int s = 0; s < 3; ++s) state[s] = call.states[s].template mutable_data_ptr<T>();
+    values = call.values.const_data_ptr<int64_t>();
+    known = call.known.const_data_ptr<bool>();
+    uniforms = call.uniforms.const_data_ptr<double>();
+    temperature = call.temperature;
+    block_out_bias = call.block_out_bias.template const_data_ptr<T>();
+    w.set(call.weights);
+    values_out = call.values_out.mutable_data_ptr<int64_t>();
+    params = call.params.template mutable_data_ptr<T>();
+  }
+};
 
 }  // namespace genfast

@@ -37,17 +37,8 @@ void gated_residual(const double* x, const double* z, const double* b, double* o
 }
 
 template <typename T>
-struct RowArgs {
+struct RowArgs : PixelCNNppRowArgs<T> {
   const PixelCNNppRowShape* shape;
-  T* state[3];
-  const int64_t* values;
-  const bool* known;
-  const double* uniforms;
-  double temperature;
-  const T* block_out_bias;
-  PixelCNNppRowPointers<T> w;
-  int64_t* values_out;
-  T* params;
 };
 
 // The layers of pixelcnnpp_u_rows and pixelcnnpp_column for images [n0, n0 + rows),
@@ -246,31 +237,14 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cpu(
     at::Tensor& state0, at::Tensor& state1, at::Tensor& state2, const at::Tensor& values, const at::Tensor& known,
     const at::Tensor& uniforms, double temperature, const at::Tensor& block_out_bias, int64_t row,
     int64_t levels, at::TensorList weights, bool check_levels) {
-  const char* op = "pixelcnnpp_row";
-  const PixelCNNppRowWeights w = unpack_weights<PixelCNNppRowWeights>(op, weights);
-  const at::Tensor states[3] = {state0, state1, state2};
-  const PixelCNNppRowShape s = check_pixelcnnpp_row(states, values, known, uniforms, temperature,
-                                                    block_out_bias, row, levels, w, check_levels);
-  check_cpu(op, w.init_above, "init_above");
-  const PixelCNNppRowWeights wc = contiguous_weights(w);
-  const at::Tensor values_c = values.contiguous(), known_c = known.contiguous(),
-                   uniforms_c = uniforms.contiguous(), bias_c = block_out_bias.contiguous();
-  at::Tensor values_out = at::empty({s.batch, s.channels, s.width}, values.options());
-  at::Tensor params = at::empty({s.batch, s.width, s.params}, w.init_above.options());
-  AT_DISPATCH_FLOATING_TYPES(w.init_above.scalar_type(), "pixelcnnpp_row_cpu", [&] {
+  const PixelCNNppRowCall call = prepare_pixelcnnpp_row(state0, state1, state2, values, known, uniforms, temperature,
+                                                        block_out_bias, row, levels, weights, check_levels);
+  check_cpu("pixelcnnpp_row", call.weights.init_above, "init_above");
+  const PixelCNNppRowShape& s = call.shape;
+  AT_DISPATCH_FLOATING_TYPES(call.weights.init_above.scalar_type(), "pixelcnnpp_row_cpu", [&] {
     RowArgs<scalar_t> a{};
+    a.set(call);
     a.shape = &s;
-    for (int r = 0; r < 3; ++r) {
-      a.state[r] = states[r].mutable_data_ptr<scalar_t>();
-    }
-    a.values = values_c.const_data_ptr<int64_t>();
-    a.known = known_c.const_data_ptr<bool>();
-    a.uniforms = uniforms_c.const_data_ptr<double>();
-    a.temperature = temperature;
-    a.block_out_bias = bias_c.const_data_ptr<scalar_t>();
-    a.w.set(wc);
-    a.values_out = values_out.mutable_data_ptr<int64_t>();
-    a.params = params.mutable_data_ptr<scalar_t>();
     const MathKernels<scalar_t> math = math_kernels<scalar_t>();
     const int64_t f = s.filters;
     parallel_over_batch(s.batch, [&](int64_t b0, int64_t b1) {
@@ -284,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cpu(
       }
     });
   });
-  return {values_out, params};
+  return {call.values_out, call.params};
 }
 
 }  // namespace

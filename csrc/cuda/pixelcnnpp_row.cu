@@ -28,16 +28,7 @@ constexpr int kMaxGrid = 4096;
 constexpr int64_t kMaxSharedBytes = 48 * 1024;  // without the opt-in attribute
 
 template <typename T>
-struct Params {
-  T* state[3];
-  const int64_t* values;
-  const bool* known;
-  const double* uniforms;
-  double temperature;
-  const T* block_out_bias;
-  PixelCNNppRowPointers<T> w;
-  int64_t* values_out;
-  T* params;
+struct Params : PixelCNNppRowArgs<T> {
   int64_t row;
   int batch, channels, width, filters, nr, nparams, mixtures, levels;
   int widths[3], depths[3];
@@ -279,37 +270,23 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cuda(
     const at::Tensor& uniforms, double temperature, const at::Tensor& block_out_bias, int64_t row,
     int64_t levels, at::TensorList weights, bool check_levels) {
   const char* op = "pixelcnnpp_row";
-  const PixelCNNppRowWeights w = unpack_weights<PixelCNNppRowWeights>(op, weights);
-  const at::Tensor states[3] = {state0, state1, state2};
-  const PixelCNNppRowShape s = check_pixelcnnpp_row(states, values, known, uniforms, temperature,
-                                                    block_out_bias, row, levels, w, check_levels);
-  check_cuda(op, w.init_above, "init_above");
+  const PixelCNNppRowCall call = prepare_pixelcnnpp_row(state0, state1, state2, values, known, uniforms, temperature,
+                                                        block_out_bias, row, levels, weights, check_levels);
+  check_cuda(op, call.weights.init_above, "init_above");
+  const c10::cuda::CUDAGuard guard(call.weights.init_above.device());
+  const PixelCNNppRowShape& s = call.shape;
   const int64_t shared_bytes = (14 * s.filters + std::max(2 * s.filters, s.params)) *
-                               static_cast<int64_t>(w.init_above.element_size());
+                               static_cast<int64_t>(call.weights.init_above.element_size());
   TORCH_CHECK_VALUE(shared_bytes <= kMaxSharedBytes, op, ": F = ", s.filters, " and P = ", s.params,
                     " need ", shared_bytes, " bytes of shared memory per block; the CUDA kernel has ",
                     kMaxSharedBytes);
-  const c10::cuda::CUDAGuard guard(w.init_above.device());
-  const PixelCNNppRowWeights wc = contiguous_weights(w);
-  const at::Tensor values_c = values.contiguous(), known_c = known.contiguous(),
-                   uniforms_c = uniforms.contiguous(), bias_c = block_out_bias.contiguous();
-  at::Tensor values_out = at::empty({s.batch, s.channels, s.width}, values.options());
-  at::Tensor params = at::empty({s.batch, s.width, s.params}, w.init_above.options());
-  AT_DISPATCH_FLOATING_TYPES(w.init_above.scalar_type(), "pixelcnnpp_row_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(call.weights.init_above.scalar_type(), "pixelcnnpp_row_cuda", [&] {
     Params<scalar_t> p{};
+    p.set(call);
     for (int r = 0; r < 3; ++r) {
-      p.state[r] = states[r].mutable_data_ptr<scalar_t>();
       p.widths[r] = static_cast<int>(s.widths[r]);
       p.depths[r] = static_cast<int>(s.depths[r]);
     }
-    p.values = values_c.const_data_ptr<int64_t>();
-    p.known = known_c.const_data_ptr<bool>();
-    p.uniforms = uniforms_c.const_data_ptr<double>();
-    p.temperature = temperature;
-    p.block_out_bias = bias_c.const_data_ptr<scalar_t>();
-    p.w.set(wc);
-    p.values_out = values_out.mutable_data_ptr<int64_t>();
-    p.params = params.mutable_data_ptr<scalar_t>();
     p.row = s.row;
     p.batch = static_cast<int>(s.batch);
     p.channels = static_cast<int>(s.channels);
@@ -323,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor> pixelcnnpp_row_cuda(
     pixelcnnpp_row_kernel<scalar_t><<<grid, kThreads, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {values_out, params};
+  return {call.values_out, call.params};
 }
 
 }  // namespace
