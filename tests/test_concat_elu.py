@@ -71,6 +71,26 @@ def test_strided_input(device):
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dim", [1, -1, 0])
+def test_permuted_layouts_are_kept(device, dim):
+    # A channels-last or permuted x runs the kernel on its contiguous permutation (no
+    # copy) and the result keeps x's layout (for channels-last: torch.cat's).
+    for x in (torch.randn(2, 6, 5, 7, dtype=torch.float64, device=device).contiguous(memory_format=torch.channels_last),
+              torch.randn(4, 5, 3, 2, dtype=torch.float64, device=device).permute(3, 1, 0, 2)):
+        x.requires_grad_()
+        out = concat_elu(x, dim, impl="ext")
+        ref = concat_elu_reference(x, dim)
+        torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-15)
+        order = sorted(range(4), key=lambda d: -x.stride(d))
+        assert out.permute(order).is_contiguous()
+        if x.is_contiguous(memory_format=torch.channels_last):
+            assert out.stride() == ref.stride()
+        up = torch.randn_like(out)
+        grad = torch.autograd.grad(out, x, up)[0]
+        torch.testing.assert_close(grad, torch.autograd.grad(ref, x, up)[0], rtol=1e-14, atol=1e-15)
+
+
 @requires_ext
 def test_gradcheck():
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)

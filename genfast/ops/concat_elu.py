@@ -38,12 +38,26 @@ def concat_elu_reference(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return F.elu(torch.cat([x, -x], dim=dim))
 
 
+def _dense_order(x: torch.Tensor) -> list[int] | None:
+    """The permutation of x's dimensions under which x is contiguous (outermost first),
+    when x is a permuted contiguous tensor (channels-last, say) but not contiguous itself."""
+    if x.is_contiguous():
+        return None
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    return order if x.permute(order).is_contiguous() else None
+
+
 def concat_elu(x: torch.Tensor, dim: int = 1, *, impl: str = "auto") -> torch.Tensor:
-    """elu(cat([x, -x], dim)): x's shape with size(dim) doubled. Differentiable once.
-    impl: "auto", "ext" or "reference"."""
+    """elu(cat([x, -x], dim)): x's shape with size(dim) doubled, in x's memory layout
+    (a channels-last x gives a channels-last result, as torch.cat does; the kernel keeps
+    any permuted layout). Differentiable once. impl: "auto", "ext" or "reference"."""
     _check(x, dim)
     if not OP.use_kernel(impl, x):
         return concat_elu_reference(x, dim)
+    order = _dense_order(x)
+    if order is not None:  # the kernel on the contiguous permutation: no copy, the layout kept
+        inverse = sorted(range(x.dim()), key=order.__getitem__)
+        return torch.ops.genfast.concat_elu(x.permute(order), order.index(dim % x.dim())).permute(inverse)
     return torch.ops.genfast.concat_elu(x, dim)
 
 
