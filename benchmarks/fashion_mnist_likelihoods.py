@@ -54,14 +54,15 @@ def main() -> None:
         train(model, train_set, steps=args.steps, batch_size=16, lr=2e-3, progress=False)
         trained = time.process_time() - start
         figure = {"bits_per_dim": evaluate(model, test_set)}
-        if args.samples:
-            began = time.perf_counter()
-            images = model.eval().sample(40, labels=torch.arange(10).repeat_interleave(4),
-                                         generator=torch.Generator().manual_seed(0))
-            figure["sample_s"] = round(time.perf_counter() - began, 1)
-            save_grid(images, 256, args.samples, ncol=4)
+    # The figure first: a failure while sampling must not lose a long training's result.
     print(json.dumps({"model": args.model, "steps": args.steps, "train_cpu_s": round(trained, 1),
-                      "eval_images": args.eval, **figure}))
+                      "eval_images": args.eval, **figure}), flush=True)
+    if args.samples and args.model != "vae":
+        began = time.perf_counter()
+        images = model.eval().sample(40, labels=torch.arange(10).repeat_interleave(4),
+                                     generator=torch.Generator().manual_seed(0))
+        save_grid(images, 256, args.samples, ncol=4)
+        print(json.dumps({"samples": args.samples, "sample_s": round(time.perf_counter() - began, 1)}))
 
 
 if __name__ == "__main__":

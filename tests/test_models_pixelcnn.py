@@ -5,7 +5,7 @@ import torch
 from conftest import requires_ext
 from test_models_gated_pixelcnn import IMPLS, input_gradients, raster_order
 
-from genfast.models import GatedPixelCNN, PixelCNN
+from genfast.models import GatedPixelCNN, PixelCNN, PixelCNNpp
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -96,7 +96,7 @@ def test_memory_format_changes_only_the_layout(impl, channels, name):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN])
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN, PixelCNNpp])
 def test_bad_memory_format(cls):
     with pytest.raises(ValueError, match="memory_format must be one of"):
         cls(memory_format="nhwc")

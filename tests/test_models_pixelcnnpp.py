@@ -11,6 +11,10 @@ from genfast.data import ImageData
 from genfast.models import MODELS, PixelCNNpp, build_model, load_model, sampling_uniforms
 from genfast.ops.dmol import dmol_loss_reference, dmol_sample_reference
 
+# impl: the compiled kernels ("auto": the cached sampler's pixelcnnpp_row, dmol_loss,
+# concat_elu) or their PyTorch references.
+IMPLS = ("auto", "reference")
+
 
 def make(channels=1, *, levels=16, nr_resnet=1, nr_filters=8, num_mixtures=3, num_classes=None,
          size=8, dtype=torch.float64, seed=0):
@@ -65,6 +69,29 @@ def test_bad_arguments():
         model(images(1, 1, 8), torch.tensor([0]))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_memory_format_changes_only_the_layout(impl, channels):
+    # Channels-last activations (the default on AVX-512 CPUs) give the NCHW model's loss
+    # and gradients.
+    x = images(2, channels, 8)
+    labels = torch.tensor([1, 0])
+    results = []
+    for fmt in ("contiguous", "channels_last", "auto"):
+        model = make(channels, num_classes=2, nr_filters=6, seed=5)
+        model.memory_format = fmt
+        model.impl = impl
+        assert PixelCNNpp(**model.config).config == model.config
+        if fmt == "channels_last":
+            assert model(x, labels).is_contiguous(memory_format=torch.channels_last)
+        loss = model.loss(x, labels)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_causal_at_every_position(channels):
     """Changing pixel (i, j) (all its colours) leaves the parameters of (i, j) and of
@@ -115,11 +142,6 @@ def full_forward_sample(model, n, labels, u, prefix=None, known=None, temperatur
                 value = torch.where(known[:, :, i, j], prefix[:, :, i, j], value)
             x[:, :, i, j] = value
     return x
-
-
-# impl: the cached sampler's ul stream by the compiled pixelcnnpp_row ("auto") or its
-# per-pixel PyTorch reference.
-IMPLS = ("auto", "reference")
 
 
 @pytest.mark.parametrize("channels,classes,method,impl", [

@@ -150,10 +150,11 @@ class AutoregressiveImageModel(nn.Module):
     def in_layout(self, h: torch.Tensor) -> torch.Tensor:
         """h (N, C, H, W) in the memory layout the model runs its layers in (its
         `memory_format`, set by subclasses that offer it): channels-last for
-        "channels_last", and for "auto" on AVX-512 CPUs, where oneDNN's 1x1 convolutions
-        and genfast's channels-last live-tap kernels both run fastest on it
-        (docs/masked-conv-algorithms.md); contiguous otherwise ("auto" keeps NCHW where
-        that was not measured: other CPUs, which lack the channels-last kernel, and CUDA)."""
+        "channels_last", and for "auto" on AVX-512 CPUs, where oneDNN's convolutions
+        (their backward above all) and genfast's channels-last live-tap kernels run
+        fastest on it (docs/masked-conv-algorithms.md, docs/pixelcnnpp.md); contiguous
+        otherwise ("auto" keeps NCHW where that was not measured: other CPUs, which lack
+        the channels-last kernel, and CUDA)."""
         fmt = getattr(self, "memory_format", "contiguous")
         if fmt == "auto":
             fmt = "channels_last" if h.device.type == "cpu" and _cpu_has_avx512() else "contiguous"

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.autoregressive_image import AutoregressiveImageModel, positive_int
+from genfast.models.autoregressive_image import AutoregressiveImageModel, check_memory_format, positive_int
 from genfast.models.sampling import sampling_uniforms
 from genfast.ops.concat_elu import concat_elu as ops_concat_elu
 from genfast.ops.dmol import dmol_loss, dmol_num_params, dmol_sample
@@ -145,7 +145,10 @@ class PixelCNNpp(AutoregressiveImageModel):
     more at H/2 and H); nr_filters: channels of every block; num_mixtures: logistic
     mixture components; dropout: inside each block (training only); num_classes: class
     conditioning (None for none); image_size: (H, W), both multiples of 4, the default
-    size of `sample` (forward takes any multiple-of-4 size).
+    size of `sample` (forward takes any multiple-of-4 size); memory_format: "auto"
+    (channels-last activations on AVX-512 CPUs, where oneDNN's convolutions train ~15 %
+    faster on them; NCHW elsewhere), "channels_last" or "contiguous" (the layout of the
+    activations between layers; the results are the same).
 
     forward(x, labels) gives the DMOL parameters (N, P, H, W) (P = 3 * num_mixtures
     grey, 10 * num_mixtures RGB; layout: genfast.ops.dmol); loss(x) the mean NLL per
@@ -154,7 +157,8 @@ class PixelCNNpp(AutoregressiveImageModel):
 
     def __init__(self, *, image_channels: int = 1, levels: int = 256, nr_resnet: int = 5,
                  nr_filters: int = 160, num_mixtures: int = 10, dropout: float = 0.5,
-                 num_classes: int | None = None, image_size=28, impl: str = "auto"):
+                 num_classes: int | None = None, image_size=28, impl: str = "auto",
+                 memory_format: str = "auto"):
         super().__init__(image_channels=image_channels, levels=levels, num_classes=num_classes,
                          cond_channels=0, embedding_dim=None, image_size=image_size, impl=impl)
         name = "PixelCNNpp"
@@ -167,6 +171,7 @@ class PixelCNNpp(AutoregressiveImageModel):
                 or not 0 <= dropout < 1):
             raise ValueError(f"{name}: dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
+        self.memory_format = check_memory_format(memory_format, name)
         if any(s % 4 for s in self.image_size):
             raise ValueError(f"{name}: image_size must be multiples of 4 (two stride-2 stages), "
                              f"got {self.image_size}")
@@ -196,7 +201,8 @@ class PixelCNNpp(AutoregressiveImageModel):
     def config(self) -> dict:
         return dict(image_channels=self.image_channels, levels=self.levels, nr_resnet=self.nr_resnet,
                     nr_filters=self.nr_filters, num_mixtures=self.num_mixtures, dropout=self.dropout,
-                    num_classes=self.num_classes, image_size=self.image_size, impl=self.impl)
+                    num_classes=self.num_classes, image_size=self.image_size, impl=self.impl,
+                    memory_format=self.memory_format)
 
     # -- network ------------------------------------------------------------------
     def input_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,6 +213,7 @@ class PixelCNNpp(AutoregressiveImageModel):
     def params(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The network on input_features (no argument checks): DMOL parameters (N, P, H, W).
         Those at (i, j) depend only on the pixels before (i, j) in raster order."""
+        features = self.in_layout(features)
         u_list = [down_shift(self.u_init(features))]
         ul_list = [down_shift(self.ul_init_above(features)) + right_shift(self.ul_init_left(features))]
         for s in range(3):
