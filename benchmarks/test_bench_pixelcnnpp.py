@@ -1,4 +1,5 @@
-"""PixelCNN++ sampling, time per batch of images:
+"""PixelCNN++ sampling, time per batch of images (and, at the end, a training step against
+the plain-PyTorch network):
 
 - "naive" (the baseline): model.sample(method="naive"), the network rerun for every
   pixel on the rows up to the next multiple of 4. A whole batch takes many minutes on
@@ -82,3 +83,36 @@ def test_pixelcnnpp_sampling(benchmark, bench_device, quick, case, batch, impl):
     if benchmark.stats:  # None under --benchmark-disable
         seconds = benchmark.stats.stats.median * benchmark.extra_info.get("scale", 1)
         benchmark.extra_info["images_per_s"] = batch / seconds
+
+
+# ---- training step -----------------------------------------------------------------
+# The peer is the same network in plain PyTorch, what the PyTorch ports users train
+# (pclucas14/pixel-cnn-pp): NCHW activations, the composite DMOL formula and
+# elu(cat([x, -x])) — PixelCNNpp with impl="reference" and memory_format="contiguous"
+# computes exactly that. The port converted to channels-last by its user is a second
+# peer.
+TRAIN_IMPLS = {"plain PyTorch port (NCHW)": ("reference", "contiguous"),
+               "plain PyTorch port, channels-last": ("reference", "channels_last"),
+               "genfast (auto)": ("auto", "auto"),
+               "genfast NCHW": ("auto", "contiguous")}
+
+
+@pytest.mark.parametrize("impl", list(TRAIN_IMPLS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_pixelcnnpp_train_step(benchmark, bench_device, quick, case, impl):
+    batch = 16
+    torch.manual_seed(0)
+    layer_impl, memory_format = TRAIN_IMPLS[impl]
+    config = dict(CASES[case], dropout=0.5)
+    model = PixelCNNpp(impl=layer_impl, memory_format=memory_format, **config).to(bench_device).train()
+    c, (h, w) = model.image_channels, model.image_size
+    x = torch.randint(0, model.levels, (batch, c, h, w), generator=torch.Generator().manual_seed(1)).to(bench_device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model.loss(x).backward()
+
+    group = (f"pixelcnn++ train step {c}x{h}x{w} r{model.nr_resnet} f{model.nr_filters} m{model.num_mixtures} "
+             f"b{batch} fp32 {bench_device}")
+    record(benchmark, group, impl, baseline=impl == "plain PyTorch port (NCHW)")
+    benchmark.pedantic(synced(step, bench_device), rounds=2 if quick else 5, warmup_rounds=1)

@@ -9,6 +9,7 @@ import torch
 import genfast.training.autoregressive as gtrain
 from genfast.data import ImageData
 from genfast.models import MODELS, PixelCNNpp, build_model, load_model, sampling_uniforms
+from genfast.models.pixelcnnpp import dropout
 from genfast.ops.dmol import dmol_loss_reference, dmol_sample_reference
 
 # impl: the compiled kernels ("auto": the cached sampler's pixelcnnpp_row, dmol_loss,
@@ -67,6 +68,33 @@ def test_bad_arguments():
         model(torch.rand(1, 1, 8, 8))
     with pytest.raises(ValueError, match="labels given but the model is unconditional"):
         model(images(1, 1, 8), torch.tensor([0]))
+
+
+def test_dropout_keeps_nn_dropouts_rule():
+    # Each element kept with probability 1 - p, scaled by 1 / (1 - p); identity in eval
+    # mode and at p = 0; impl="reference" is F.dropout itself (same generator draws).
+    t = torch.randn(64, 32, 16, 16, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    out = dropout(t, 0.3, True)
+    kept = out != 0
+    assert abs(kept.double().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(out[kept], t[kept] / 0.7)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert dropout(t, 0.3, False) is t and dropout(t, 0.0, True) is t
+    torch.manual_seed(1)
+    again = dropout(t, 0.3, True)
+    torch.manual_seed(1)
+    assert torch.equal(dropout(t, 0.3, True), again)
+    torch.manual_seed(2)
+    ref = dropout(t, 0.3, True, impl="reference")
+    torch.manual_seed(2)
+    assert torch.equal(ref, torch.nn.functional.dropout(t, 0.3, True))
+    g = torch.randn_like(t)
+    x = t.clone().requires_grad_()
+    torch.manual_seed(3)
+    y = dropout(x, 0.3, True)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, g * (y != 0) / 0.7)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
