@@ -1,10 +1,9 @@
 // pixelcnnpp_row on the CPU: a whole image row of both streams (layout and schedule in
 // csrc/pixelcnnpp_row.h) in one op call. Images are independent, so they are split over
-// threads in blocks of kRows; a thread runs the row's u layers and then walks its
-// columns for each of its blocks,
-// every layer one small register-blocked GEMM (step_kernels) whose rows are the block's
-// images, its taps read in place from the state through per-image pointers (a zero
-// vector outside the image).
+// threads in blocks of kRows; for each of its blocks a thread runs the row's u layers,
+// then walks the columns. Every layer at a pixel is one small register-blocked GEMM
+// (step_kernels) whose rows are the block's images, its taps read in place from the
+// state through per-image pointers (a zero vector outside the image).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -48,8 +47,8 @@ struct Step {
   const RowArgs<T>& a;
   const MathKernels<T>& math;
   const T* zeros;  // >= 3F + C + 1 zeros: taps outside the image
-  T* y;            // kRows * 2F scratch
-  T* y2;
+  T* y;            // kRows * 2F scratch: a product
+  T* y2;           // kRows * 2F scratch: ul_init's second product
   int64_t n0;
   int rows;
   const T* x[7 * kRows];
