@@ -41,6 +41,14 @@ def synced(fn, device: str):
     return run
 
 
+def training_step(model, x):
+    """One training step of an image model: zero the gradients, backpropagate loss(x)."""
+    def step():
+        model.zero_grad(set_to_none=True)
+        model.loss(x).backward()
+    return step
+
+
 def record(benchmark, group: str, impl: str, baseline: bool = False) -> None:
     benchmark.group = group
     benchmark.extra_info["impl"] = impl

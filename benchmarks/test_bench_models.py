@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import record, synced
+from conftest import record, synced, training_step
 
 from genfast.models import GatedPixelCNN, PixelCNN
 from genfast.nn import MaskedConv2d
@@ -68,10 +68,7 @@ def test_train_step(benchmark, bench_device, quick, impl, case):
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (batch, channels, side, side), generator=gen).to(bench_device)
 
-    def step():
-        model.zero_grad(set_to_none=True)
-        model.loss(x).backward()
-
+    step = training_step(model, x)
     group = (f"train step (fwd+bwd) {describe(name, config)} b{batch} {channels}x{side}x{side} "
              f"256 levels fp32 {bench_device}")
     record(benchmark, group, impl, baseline=impl == "F.conv2d(weight*mask)")

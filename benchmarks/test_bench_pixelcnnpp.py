@@ -30,7 +30,7 @@ is batch / (scaled) median.
 """
 import pytest
 import torch
-from conftest import record, synced
+from conftest import record, synced, training_step
 
 from genfast.models import PixelCNNpp
 
@@ -108,10 +108,7 @@ def test_pixelcnnpp_train_step(benchmark, bench_device, quick, case, impl):
     c, (h, w) = model.image_channels, model.image_size
     x = torch.randint(0, model.levels, (batch, c, h, w), generator=torch.Generator().manual_seed(1)).to(bench_device)
 
-    def step():
-        model.zero_grad(set_to_none=True)
-        model.loss(x).backward()
-
+    step = training_step(model, x)
     group = (f"pixelcnn++ train step {c}x{h}x{w} r{model.nr_resnet} f{model.nr_filters} m{model.num_mixtures} "
              f"b{batch} fp32 {bench_device}")
     record(benchmark, group, impl, baseline=impl == "plain PyTorch port (NCHW)")

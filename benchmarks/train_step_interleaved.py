@@ -18,17 +18,15 @@ import statistics
 import time
 
 import torch
-from conftest import cpu_model, peak_memory_mb
+from conftest import cpu_model, peak_memory_mb, training_step
 from test_bench_models import IMPLS, TRAIN_CASES, build, case_id, describe
 from test_bench_pixelcnnpp import CASES as PP_CASES, TRAIN_IMPLS as PP_IMPLS
 
 from genfast.models import PixelCNNpp
 
 
-def training_step(model, x):
-    def step():
-        model.zero_grad(set_to_none=True)
-        model.loss(x).backward()
+def warm_step(model, x):
+    step = training_step(model, x)
     step()  # autotuning and warm-up
     step()
     return step
@@ -41,7 +39,7 @@ def masked_cases(wanted):
             continue
         name, channels, side, config, batch = case
         x = torch.randint(0, 256, (batch, channels, side, side), generator=torch.Generator().manual_seed(1))
-        steps = {impl: training_step(build(name, channels, side, config, 256, *variant, "cpu"), x)
+        steps = {impl: warm_step(build(name, channels, side, config, 256, *variant, "cpu"), x)
                  for impl, variant in IMPLS.items()}
         yield case_id(case), f"{describe(name, config)} b{batch} {channels}x{side}x{side}", steps, \
             "F.conv2d(weight*mask)"
@@ -59,7 +57,7 @@ def pixelcnnpp_cases(wanted):
             model = PixelCNNpp(impl=layer_impl, memory_format=memory_format, **dict(config, dropout=0.5)).train()
             x = torch.randint(0, 256, (16, model.image_channels, *model.image_size),
                               generator=torch.Generator().manual_seed(1))
-            steps[impl] = training_step(model, x)
+            steps[impl] = warm_step(model, x)
         yield f"pixelcnnpp-{c}x{side}", f"PixelCNN++ r{config['nr_resnet']} f{config['nr_filters']} b16 {c}x{side}x{side}", \
             steps, "plain PyTorch port (NCHW)"
 
