@@ -57,14 +57,14 @@ OP = register_op("pixelcnnpp_row", module=__name__, kernel_dtypes=KERNEL_DTYPES)
 
 
 class PixelCNNppRowWeights(NamedTuple):
-    """A PixelCNN++'s ul-stream weights packed for pixelcnnpp_row (one dtype and device;
-    every matrix (inputs, outputs), rows tap-major: tap * inputs + channel).
+    """A PixelCNN++'s weights packed for pixelcnnpp_row (one dtype and device; every
+    matrix (inputs, outputs), rows tap-major: tap * inputs + channel). The ul stream's:
 
     init_above (3 (C+1), F), init_above_bias (F): ul_init_above's taps at columns j-1..j+1;
     init_left (2 (C+1), F), init_left_bias (F): ul_init_left's taps at rows i-1, i;
     block_in (B, 12 F, F): each block's first convolution on concat_elu(source) at
     (q-1, c-1), (q-1, c), (q, c-1), (q, c), then its 1x1 on the skip: 2F rows of
-    concat_elu(u), and for down blocks 2F rows of concat_elu(the up-pass ul map);
+    concat_elu(u at (q, c)), and for down blocks 2F rows of concat_elu(the up-pass ul map);
     block_in_bias (B, F): both biases; block_out (B, 8 F, 2 F): the second convolution
     on the four c1 taps; down (2, 4 F, F), down_bias (2, F): the stride-2 convolutions;
     up (2, 4, F, F), up_bias (2, F): the transposed ones, tap 2 (q % 2) + c % 2; head
